@@ -1,0 +1,208 @@
+"""Weight R^2 over every parameter: our streaming engine against the machine's memory bandwidth and
+against the paper's original method, on a fabricated trajectory of 14 bf16 checkpoints.
+
+    .venv/bin/python benchmarks/bench_r2.py            # ~58M-parameter Qwen2-like model, 14 checkpoints
+    .venv/bin/python benchmarks/bench_r2.py --layers 2 # smaller, faster
+
+Prints one table. Goals (issue 4): ours >= 50% of memory-copy bandwidth for the same bytes, peak RSS
+< 2 GiB, >= 100x the paper's method in parameters per second. Each method runs in its own subprocess so
+that its peak RSS (getrusage ru_maxrss, which includes the interpreter, torch and numba) is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+T = 14  # checkpoints, as in the paper (steps 0, 100, ..., 1300)
+STEPS = [100 * i for i in range(T)]
+
+
+def qwen2_like_shapes(hidden: int, layers: int, intermediate: int, vocab: int, kv_heads_frac: int = 1) -> dict:
+    """Tensor names and shapes of a Qwen2ForCausalLM (untied embeddings)."""
+    kv = hidden // kv_heads_frac
+    shapes = {"model.embed_tokens.weight": (vocab, hidden), "model.norm.weight": (hidden,), "lm_head.weight": (vocab, hidden)}
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        shapes |= {p + "input_layernorm.weight": (hidden,), p + "post_attention_layernorm.weight": (hidden,),
+                   p + "self_attn.q_proj.weight": (hidden, hidden), p + "self_attn.q_proj.bias": (hidden,),
+                   p + "self_attn.k_proj.weight": (kv, hidden), p + "self_attn.k_proj.bias": (kv,),
+                   p + "self_attn.v_proj.weight": (kv, hidden), p + "self_attn.v_proj.bias": (kv,),
+                   p + "self_attn.o_proj.weight": (hidden, hidden), p + "mlp.gate_proj.weight": (intermediate, hidden),
+                   p + "mlp.up_proj.weight": (intermediate, hidden), p + "mlp.down_proj.weight": (hidden, intermediate)}
+    return shapes
+
+
+def fabricate(root: Path, shapes: dict, seed: int = 0) -> list[Path]:
+    """14 bf16 checkpoints: w_t = w_0 + drift * t + accumulated noise, written as model.safetensors."""
+    import torch
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    state = {n: 0.02 * torch.randn(s, generator=g) if len(s) > 1 else torch.ones(s) for n, s in shapes.items()}
+    drift = {n: 3e-4 * torch.randn(s, generator=g) for n, s in shapes.items()}
+    dirs = []
+    for k, step in enumerate(STEPS):
+        d = root / f"step_{step}"
+        d.mkdir(parents=True)
+        if k:
+            for n in state:
+                state[n] += drift[n] + 2e-4 * torch.randn(shapes[n], generator=g)
+        save_file({n: w.to(torch.bfloat16) for n, w in state.items()}, str(d / "model.safetensors"))
+        dirs.append(d)
+    return dirs
+
+
+def memcpy_bandwidth(n_bytes: int = 512 << 20, repeats: int = 5) -> float:
+    """Bytes per second of numpy copying a buffer far larger than the caches (best of `repeats`)."""
+    src = np.ones(n_bytes, np.uint8)
+    dst = np.empty_like(src)
+    best = math.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t)
+    return n_bytes / best
+
+
+# ---------------------------------------------------------------------------------------------
+# The two methods, each run in a subprocess
+
+
+def worker_ours(root: Path, drift: bool) -> dict:
+    from rlvr_nb.linearity import LinearityConfig, weight_linearity
+    from rlvr_nb.streaming import ChunkAccumulator, chunk_stats
+    from rlvr_nb.trajectory import load_trajectory
+
+    chunk_stats(np.zeros((3, 8), np.uint16), np.arange(3.0), ChunkAccumulator(3), min_range=0, min_distinct=4,
+                threshold=0.7, gram=True)  # load the compiled kernel (compiled once, then cached on disk)
+    rss_before = peak_rss_bytes()
+    t = time.perf_counter()
+    traj = load_trajectory([(s, root / f"step_{s}") for s in STEPS], progress=False)
+    res = weight_linearity(traj, LinearityConfig(drift=drift), progress=False)
+    seconds = time.perf_counter() - t
+    return {"seconds": seconds, "analysed": res.overall.total, "median": res.overall.median,
+            "frac_above": res.overall.frac_above, "kept": res.overall.count,
+            "rss_bytes": peak_rss_bytes(), "rss_after_imports": rss_before}
+
+
+def worker_paper(root: Path, fraction: float = 1e-3, min_samples: int = 50) -> dict:
+    """The original method: load every checkpoint fully, sample 0.1% of each tensor (at least 50 entries),
+    then a Python loop over the sampled entries with np.polyfit and the range / distinct filters."""
+    from safetensors.torch import load_file
+
+    rss_before = peak_rss_bytes()
+    t = time.perf_counter()
+    rng = np.random.default_rng(0)
+    samples: dict[str, list[np.ndarray]] = {}
+    index: dict[str, np.ndarray] = {}
+    for s in STEPS:
+        state = load_file(str(root / f"step_{s}" / "model.safetensors"))  # the whole checkpoint
+        for name, w in state.items():
+            flat = w.float().numpy().reshape(-1)
+            if name not in index:
+                k = min(flat.size, max(min_samples, math.ceil(fraction * flat.size)))
+                index[name] = rng.choice(flat.size, size=k, replace=False)
+            samples.setdefault(name, []).append(flat[index[name]].astype(np.float64))
+        del state
+    steps = np.array(STEPS, np.float64)
+    r2s = []
+    analysed = 0
+    for name, rows in samples.items():
+        values = np.stack(rows)  # [T, k]
+        for j in range(values.shape[1]):
+            w = values[:, j]
+            analysed += 1
+            if w.max() - w.min() <= 1e-4 or len(np.unique(w)) < 4:
+                continue
+            slope, intercept = np.polyfit(steps, w, 1)
+            resid = w - (slope * steps + intercept)
+            r2s.append(1 - (resid @ resid) / ((w - w.mean()) @ (w - w.mean())))
+    seconds = time.perf_counter() - t
+    r2s = np.array(r2s)
+    return {"seconds": seconds, "analysed": analysed, "median": float(np.median(r2s)),
+            "frac_above": float((r2s > 0.7).mean()), "kept": int(r2s.size),
+            "rss_bytes": peak_rss_bytes(), "rss_after_imports": rss_before}
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set (VmHWM; unlike ru_maxrss it does not inherit the parent's peak)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # not Linux: an upper bound
+
+
+def run_worker(method: str, root: Path, *extra: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--worker", method, "--root", str(root), *extra],
+                         capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"{method} worker failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--hidden", type=int, default=512)
+    p.add_argument("--layers", type=int, default=8)
+    p.add_argument("--intermediate", type=int, default=1408)
+    p.add_argument("--vocab", type=int, default=32000)
+    p.add_argument("--worker", choices=["ours", "ours_nodrift", "paper"], help=argparse.SUPPRESS)
+    p.add_argument("--root", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        root = Path(args.root)
+        res = worker_paper(root) if args.worker == "paper" else worker_ours(root, drift=args.worker == "ours")
+        print(json.dumps(res))
+        return
+
+    shapes = qwen2_like_shapes(args.hidden, args.layers, args.intermediate, args.vocab)
+    n_params = sum(math.prod(s) for s in shapes.values())
+    n_bytes = T * n_params * 2  # bf16
+    root = Path(tempfile.mkdtemp(prefix="bench_r2_"))
+    try:
+        t = time.perf_counter()
+        fabricate(root, shapes)
+        fab_s = time.perf_counter() - t
+        bw = memcpy_bandwidth()
+        memcpy_s = n_bytes / bw
+        rows = {"ours": run_worker("ours", root), "ours, no drift spectrum": run_worker("ours_nodrift", root),
+                "paper's method (0.1% sample)": run_worker("paper", root)}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+    paper = rows["paper's method (0.1% sample)"]
+    paper_rate = paper["analysed"] / paper["seconds"]
+    load = os.getloadavg()[0]
+    print(f"\nWeight R^2, {T} bf16 checkpoints of a Qwen2-like model with {n_params / 1e6:.1f}M parameters "
+          f"({n_bytes / 2**30:.2f} GiB read per pass; fabricated in {fab_s:.0f} s)")
+    print(f"machine: {os.cpu_count()} CPU cores, load average {load:.1f}; numpy memory copy {bw / 1e9:.2f} GB/s "
+          f"-> {memcpy_s:.2f} s to copy the same bytes ({n_params / memcpy_s / 1e6:.0f}M params/s)\n")
+    head = f"{'method':<30} {'params analysed':>16} {'seconds':>8} {'M params/s':>11} {'vs memcpy':>10} " \
+           f"{'vs paper':>9} {'peak RSS':>10} {'median R2':>10} {'>0.7':>6}"
+    print(head)
+    print("-" * len(head))
+    for name, r in rows.items():
+        rate = r["analysed"] / r["seconds"]
+        print(f"{name:<30} {r['analysed']:>16,} {r['seconds']:>8.2f} {rate / 1e6:>11.3f} "
+              f"{rate / (n_params / memcpy_s):>9.1%} {rate / paper_rate:>8.0f}x {r['rss_bytes'] / 2**30:>8.2f} GiB "
+              f"{r['median']:>10.3f} {r['frac_above']:>6.2f}")
+    print(f"\n(peak RSS includes the interpreter and imports: "
+          f"{rows['ours']['rss_after_imports'] / 2**30:.2f} GiB for ours after importing torch and numba, "
+          f"{paper['rss_after_imports'] / 2**30:.2f} GiB for the paper's method)")
+    print("goals: >= 50% of memcpy, < 2 GiB peak RSS, >= 100x the paper's params/s")
+
+
+if __name__ == "__main__":
+    main()

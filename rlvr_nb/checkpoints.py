@@ -1,0 +1,180 @@
+"""Run directories and checkpoints: HuggingFace directories written atomically, resumable without pickle.
+
+Layout of a run directory:
+
+    <run>/run_config.json              the full config of the run (resuming checks it)
+    <run>/metrics.jsonl                one JSON line per training step
+    <run>/checkpoints/step_<N>/        model.safetensors, config.json, tokenizer files,
+                                       trainer_state.json (step, metrics, config, seed),
+                                       optimizer.safetensors + rng.safetensors (for resuming)
+
+A checkpoint is written into a temporary directory and renamed into place, so a run killed at any
+moment leaves only complete checkpoints behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"step_{step}"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints of a run, sorted by step."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir()]
+    return sorted(found)
+
+
+def mark_complete(run_dir: str | Path) -> None:
+    """Record that a run finished (its last checkpoint is final)."""
+    last = list_checkpoints(run_dir)[-1][0]
+    (Path(run_dir) / "complete.json").write_text(json.dumps({"last_step": last}))
+
+
+def is_complete(run_dir: str | Path) -> bool:
+    return (Path(run_dir) / "complete.json").exists()
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Dataclasses (nested) to plain JSON values; tuples become lists."""
+    if is_dataclass(obj):
+        obj = asdict(obj)
+    return json.loads(json.dumps(obj, default=str))
+
+
+def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted names of the fields whose values differ between two nested config dicts."""
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, "<missing>"), new.get(key, "<missing>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += config_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            diffs.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return diffs
+
+
+def open_run(run_dir: str | Path, config: dict, resume: bool) -> tuple[int, Path | None]:
+    """Prepare a run directory. Returns (start_step, checkpoint to resume from or None).
+
+    A new run writes run_config.json. An existing run with checkpoints is an error unless resume=True,
+    and resuming with a different config is an error that names the differing fields.
+    """
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "run_config.json"
+    existing = list_checkpoints(run_dir)
+    if cfg_path.exists():
+        old = json.loads(cfg_path.read_text())
+        if existing and not resume:
+            raise FileExistsError(f"{run_dir} already holds a run (checkpoints up to step {existing[-1][0]}); "
+                                  "pass resume=True to continue it or choose a new run directory")
+        diffs = config_differences(old, config)
+        if diffs:
+            raise ValueError(f"cannot resume {run_dir} with a different config; differing fields: " + "; ".join(diffs))
+    elif existing:
+        raise FileExistsError(f"{run_dir} holds checkpoints but no run_config.json; refusing to overwrite it")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "complete.json").unlink(missing_ok=True)
+    cfg_path.write_text(json.dumps(config, indent=2, sort_keys=True))
+    if resume and existing:
+        step, path = existing[-1]
+        _truncate_metrics(run_dir, step)
+        return step, path
+    _truncate_metrics(run_dir, -1)
+    return 0, None
+
+
+def _truncate_metrics(run_dir: Path, last_step: int) -> None:
+    """Drop metric lines written after the checkpoint we resume from (they will be recomputed)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+def append_metrics(run_dir: str | Path, record: dict) -> None:
+    with open(Path(run_dir) / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """Flatten an optimizer's per-parameter state into named tensors ("<param index>.<key>")."""
+    out = {}
+    for idx, state in optimizer.state_dict()["state"].items():
+        for key, value in state.items():
+            out[f"{idx}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    return out
+
+
+def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    """Inverse of `optimizer_tensors`: restore per-parameter state, keeping the optimizer's hyperparameters."""
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    sd = optimizer.state_dict()
+    optimizer.load_state_dict({"state": state, "param_groups": sd["param_groups"]})
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    model: torch.nn.Module,
+    tokenizer,
+    state: dict,
+    optimizer: torch.optim.Optimizer | None = None,
+    generator: torch.Generator | None = None,
+) -> Path:
+    """Write <run>/checkpoints/step_<step>/ atomically (temporary directory, then rename)."""
+    final = checkpoint_dir(run_dir, step)
+    if final.exists():
+        raise FileExistsError(f"checkpoint {final} already exists; refusing to overwrite it")
+    tmp = final.parent / f".tmp_step_{step}_{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if optimizer is not None:
+        save_file(optimizer_tensors(optimizer), str(tmp / "optimizer.safetensors"))
+    if generator is not None:
+        save_file({"generator": generator.get_state()}, str(tmp / "rng.safetensors"))
+    (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **state}, indent=2, default=str))
+    os.replace(tmp, final)
+    return final
+
+
+def restore_training_state(path: Path, optimizer: torch.optim.Optimizer | None, generator: torch.Generator | None) -> dict:
+    """Load optimizer and RNG state saved beside a checkpoint; returns its trainer_state.json."""
+    if optimizer is not None:
+        load_optimizer_tensors(optimizer, load_file(str(path / "optimizer.safetensors")))
+    if generator is not None:
+        generator.set_state(load_file(str(path / "rng.safetensors"))["generator"])
+    return json.loads((path / "trainer_state.json").read_text())
+
+
+def load_weights_into(model: torch.nn.Module, path: Path) -> None:
+    """Copy a checkpoint's safetensors weights into an existing model (strict)."""
+    model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)

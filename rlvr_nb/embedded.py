@@ -1,0 +1,84 @@
+"""The embedded default: a tiny Qwen2 warm-started by SFT, then trained with RLVR on 3-digit addition.
+
+Every run lives in `runs/<kind>-<hash of its config>/`, so a notebook that asks for a trajectory either
+finds it (same config, already trained), resumes it (interrupted), or trains it. Nothing is downloaded.
+Hyperparameters of the embedded default live in one place: the dataclasses below and `rlvr_nb.profiles`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .checkpoints import is_complete, list_checkpoints, to_jsonable
+from .grpo import RLConfig, train_rl
+from .models import ModelConfig
+from .sft import SFTConfig, train_sft
+from .tasks import TaskConfig
+
+
+@dataclass(frozen=True)
+class EmbeddedConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Architecture of the tiny Qwen2."""
+    task: TaskConfig = field(default_factory=TaskConfig)
+    """The verifiable task (difficulty knob: digits)."""
+    warm_start: SFTConfig = field(default_factory=lambda: SFTConfig(
+        steps=3000, batch_size=64, lr=1e-3, ckpt_every=50, stop_at_accuracy=0.1))
+    """SFT from random init, stopped as soon as held-out sampled accuracy reaches 10%: the RL start has a
+    low but non-zero reward (the tiny model learns addition abruptly, after a plateau of ~900 steps)."""
+
+
+def repo_root() -> Path:
+    """The checkout this package is installed from (editable install), else the working directory."""
+    here = Path(__file__).resolve().parent.parent
+    return here if (here / "pyproject.toml").exists() else Path.cwd()
+
+
+def runs_root() -> Path:
+    """Where trajectories are cached: $RLVR_NB_RUNS, else <repo>/runs."""
+    return Path(os.environ.get("RLVR_NB_RUNS", repo_root() / "runs"))
+
+
+def config_hash(*configs) -> str:
+    """Short stable hash of configs (dataclasses or dicts)."""
+    blob = json.dumps([to_jsonable(c) for c in configs], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def ensure_warm_start(emb: EmbeddedConfig = EmbeddedConfig(), progress: bool = True) -> Path:
+    """The SFT warm start (the RL start, step 0 of every trajectory), trained once and cached."""
+    run = runs_root() / f"warmstart-{config_hash(emb)}"
+    if not is_complete(run):
+        train_sft(emb.warm_start, run, None, emb.task, emb.model, resume=True, progress=progress)
+    return list_checkpoints(run)[-1][1]
+
+
+def ensure_rl_run(rl: RLConfig, emb: EmbeddedConfig = EmbeddedConfig(), progress: bool = True) -> Path:
+    """An RL trajectory of the embedded default; trained (or resumed) only if not already complete."""
+    init = ensure_warm_start(emb, progress)
+    run = runs_root() / f"rl-{config_hash(emb, rl)}"
+    if not is_complete(run):
+        train_rl(rl, init, run, emb.task, resume=True, progress=progress)
+    return run
+
+
+def ensure_sft_run(sft: SFTConfig, emb: EmbeddedConfig = EmbeddedConfig(), progress: bool = True) -> Path:
+    """An SFT trajectory from the same warm start (supervised on correct answers)."""
+    init = ensure_warm_start(emb, progress)
+    run = runs_root() / f"sft-{config_hash(emb, sft)}"
+    if not is_complete(run):
+        train_sft(sft, run, init, emb.task, resume=True, progress=progress)
+    return run
+
+
+def matched_sft(rl: RLConfig, **changes) -> SFTConfig:
+    """The SFT trajectory with RL's budget: same steps, checkpoint spacing, learning rate, optimizer and seed,
+    one sequence per RL prompt (batch = prompts_per_step); `changes` override any field."""
+    base = SFTConfig(steps=rl.steps, batch_size=rl.prompts_per_step, lr=rl.lr, optimizer=rl.optimizer,
+                     momentum=rl.momentum, weight_decay=rl.weight_decay, grad_clip=rl.grad_clip,
+                     ckpt_every=rl.ckpt_every, eval_problems=rl.eval_problems, seed=rl.seed)
+    return replace(base, **changes)

@@ -1,0 +1,115 @@
+"""Figures: where they are saved, and the linearity plots of Sec. 4 (Fig. 1 of the paper).
+
+`save_figure` writes a PNG to `$RLVR_NB_OUT/figures/<name>.png` when the RLVR_NB_OUT environment
+variable is set (the notebook runner sets it), else to `papermill_runs/interactive/figures/` under the
+repository root, or to an explicit `directory`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from rlvr_nb.linearity import Example, R2Summary
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DPI = 110
+COLORS = {"RL": "tab:blue", "SFT": "tab:orange"}
+
+
+def figure_dir() -> Path:
+    """$RLVR_NB_OUT/figures, else papermill_runs/interactive/figures under the repository root."""
+    out = os.environ.get("RLVR_NB_OUT")
+    return Path(out) / "figures" if out else REPO_ROOT / "papermill_runs" / "interactive" / "figures"
+
+
+def save_figure(fig: plt.Figure, name: str, directory: str | Path | None = None) -> Path:
+    """Save `fig` as <directory or figure_dir()>/<name>.png and return the path."""
+    d = Path(directory) if directory is not None else figure_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"{name}.png"
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    return path
+
+
+def plot_r2_histograms(summaries: Mapping[str, R2Summary], title: str = "weight R$^2$", bins: int = 50,
+                       ax: plt.Axes | None = None) -> plt.Figure:
+    """Fig. 1 (a, b): R^2 distributions of several runs (e.g. RL and SFT) overlaid, medians marked."""
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    fig = ax.figure
+    edges = np.linspace(0, 1, bins + 1)
+    for i, (label, s) in enumerate(summaries.items()):
+        color = COLORS.get(label, f"C{i}")
+        if s.count == 0:
+            ax.plot([], [], color=color, label=f"{label}: nothing kept")
+            continue
+        counts = s.hist.reshape(bins, -1).sum(1) if len(s.hist) % bins == 0 else np.histogram(
+            (np.arange(len(s.hist)) + 0.5) / len(s.hist), bins=edges, weights=s.hist)[0]
+        ax.stairs(counts / counts.sum(), edges, fill=True, alpha=0.35, color=color)
+        ax.stairs(counts / counts.sum(), edges, color=color,
+                  label=f"{label}: median {s.median:.2f}, >0.7 {s.frac_above:.0%} (n={s.count:,})")
+        ax.axvline(s.median, color=color, ls="--", lw=1)
+    ax.set_xlabel("R$^2$ of the linear fit against the step")
+    ax.set_ylabel("fraction")
+    ax.set_title(title)
+    ax.set_xlim(0, 1)
+    ax.legend(fontsize=8, loc="upper left")
+    return fig
+
+
+def module_layer_grid(per_module_layer: Mapping[tuple[str, int], R2Summary], stat: str = "median"
+                      ) -> tuple[list[str], list[int], np.ndarray]:
+    """(modules, layers, values [modules, layers]) of one statistic; NaN where a cell has nothing kept."""
+    modules = sorted({m for m, _ in per_module_layer})
+    layers = sorted({l for _, l in per_module_layer})
+    grid = np.full((len(modules), len(layers)), np.nan)
+    for (m, l), s in per_module_layer.items():
+        if s.count:
+            grid[modules.index(m), layers.index(l)] = getattr(s, stat)
+    return modules, layers, grid
+
+
+def plot_module_layer_heatmap(runs: Mapping[str, Mapping[tuple[str, int], R2Summary]], stat: str = "median"
+                              ) -> plt.Figure:
+    """Median R^2 per module type (rows) and layer (columns), one panel per run; '-' is outside the stack."""
+    fig, axes = plt.subplots(1, len(runs), figsize=(1.2 + 4.5 * len(runs), 4), squeeze=False)
+    for ax, (label, grid_in) in zip(axes[0], runs.items()):
+        modules, layers, grid = module_layer_grid(grid_in, stat)
+        im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        ax.set_xticks(range(len(layers)), ["-" if l < 0 else str(l) for l in layers])
+        ax.set_yticks(range(len(modules)), modules, fontsize=7)
+        ax.set_xlabel("layer")
+        ax.set_title(f"{label}: {stat} R$^2$")
+        for i in range(grid.shape[0]):
+            for j in range(grid.shape[1]):
+                if np.isfinite(grid[i, j]) and grid.size <= 400:
+                    ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                            color="white" if grid[i, j] < 0.6 else "black")
+    fig.colorbar(im, ax=axes[0].tolist(), fraction=0.03)
+    return fig
+
+
+def plot_example_trajectories(examples: Sequence[Example], steps: Sequence[int], ylabel: str = "weight",
+                              title: str | None = None) -> plt.Figure:
+    """Fig. 1 (c, d): example trajectories with their least-squares lines and R^2."""
+    n = max(len(examples), 1)
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 2.8), squeeze=False)
+    t = np.asarray(steps, np.float64)
+    for ax, e in zip(axes[0], examples):
+        intercept = e.values.mean() - e.slope * t.mean()
+        ax.plot(t, e.values, "o", ms=3)
+        ax.plot(t, intercept + e.slope * t, "-", lw=1, color="gray")
+        label = e.name if " " in e.name else f"{e.name[-32:]}[{e.index}]"  # tensor entries get their index
+        ax.set_title(f"{label}\nR$^2$ = {e.r2:.3f}", fontsize=8)
+        ax.set_xlabel("step")
+        ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    axes[0][0].set_ylabel(ylabel)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,470 @@
+"""Sec. 4 of the paper: how linearly weights move with the training step.
+
+For one scalar trajectory w(t) read at the checkpoint steps t_1..t_T, the least-squares line
+w(t) ~ a + b t has
+
+    b = S_tw / S_tt,    R^2 = S_tw^2 / (S_tt S_ww),
+
+with S_tt = sum (t - mean t)^2, S_tw = sum (t - mean t)(w - mean w), S_ww = sum (w - mean w)^2
+(`r2_against_steps`). `weight_linearity` evaluates it for every scalar weight of a `Trajectory`,
+streaming tensor by tensor and chunk by chunk (the fused kernel is in `streaming.py`), with the paper's
+filters: a weight is kept when its range over the checkpoints exceeds 1e-4 and it takes at least four
+distinct values. Constant trajectories are always excluded. It also measures the drift spectrum: the
+fraction of the trajectory's variance along its first principal direction (`drift_spectrum`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from rlvr_nb.streaming import HIST_BINS, ChunkAccumulator, chunk_stats
+from rlvr_nb.trajectory import Trajectory, raise_nonfinite
+
+
+EXACT_MEDIAN_MAX = 1 << 22
+"""Tensors up to this many entries keep their R^2 values for an exact median (16 MiB at most)."""
+
+
+@dataclass(frozen=True)
+class LinearityConfig:
+    min_range: float = 1e-4
+    """Keep a weight only if max - min over the checkpoints exceeds this (the paper's 1e-4)."""
+    min_distinct: int = 4
+    """Keep a weight only if it takes at least this many distinct values (bf16 moves in quanta)."""
+    sample_fraction: float | None = None
+    """None: every weight. 0.001: the paper's mode, that fraction of each tensor (at least `min_samples`)."""
+    min_samples: int = 50
+    """Fewest sampled entries per tensor in sampled mode (all of them if the tensor is smaller)."""
+    skip_first: int = 0
+    """Drop this many checkpoints from the start of the trajectory."""
+    threshold: float = 0.7
+    """The paper reports the fraction of kept weights with R^2 above this."""
+    drift: bool = True
+    """Also accumulate the T x T Gram matrix for the drift spectrum (costs about as much as the rest)."""
+    chunk_elems: int = 1 << 18
+    """Elements of a tensor read per checkpoint at a time (memory ~ T x chunk_elems x 2 x 6 bytes)."""
+    n_examples: int = 4
+    """Example trajectories to return (chosen at evenly spaced quantiles of R^2)."""
+    seed: int = 0
+    """Seed of the sampled mode and of the choice of examples."""
+
+
+@dataclass
+class R2Summary:
+    """Statistics of a set of R^2 values (excluded trajectories are not counted)."""
+
+    count: int
+    """Trajectories kept by the filters."""
+    total: int
+    """Trajectories considered."""
+    mean: float
+    median: float
+    frac_above: float
+    """Fraction of kept R^2 above the threshold (0.7)."""
+    hist: np.ndarray = field(repr=False)
+    """Counts in HIST_BINS equal bins on [0, 1]."""
+
+    def row(self) -> dict:
+        """The summary without its histogram (for tables and JSON); NaN statistics become None."""
+        clean = lambda x: None if x is None or not math.isfinite(x) else round(float(x), 4)  # noqa: E731
+        return {"median": clean(self.median), "mean": clean(self.mean), "frac_above": clean(self.frac_above),
+                "count": int(self.count), "total": int(self.total)}
+
+
+@dataclass
+class Example:
+    """One scalar trajectory and its line fit, for plots."""
+
+    name: str
+    """Tensor (or group) it belongs to."""
+    index: int
+    """Flat index in the tensor."""
+    r2: float
+    slope: float
+    values: np.ndarray = field(repr=False)
+    """The scalar at each checkpoint [T]."""
+
+
+@dataclass
+class DriftSpectrum:
+    """Eigenvalues of the centred trajectory's T x T Gram matrix (PAPER.md Sec. 4, low-dimensional drift)."""
+
+    eigenvalues: np.ndarray
+    """Descending [T]; their sum is the trajectory's total variance (times T)."""
+
+    @property
+    def explained(self) -> np.ndarray:
+        """Fraction of variance along each principal direction [T]."""
+        total = self.eigenvalues.sum()
+        return self.eigenvalues / total if total > 0 else np.zeros_like(self.eigenvalues)
+
+    @property
+    def first(self) -> float:
+        """Fraction of the trajectory's variance along its first principal direction."""
+        return float(self.explained[0])
+
+
+@dataclass
+class WeightLinearity:
+    """Everything `weight_linearity` measured on one trajectory."""
+
+    steps: list[int]
+    config: LinearityConfig
+    overall: R2Summary
+    per_tensor: dict[str, R2Summary]
+    per_module_layer: dict[tuple[str, int], R2Summary]
+    """Keyed by (module type, layer); layer -1 for tensors outside the layer stack."""
+    per_module: dict[str, R2Summary]
+    examples: list[Example]
+    drift: DriftSpectrum | None
+    n_params: int
+    """Floating-point scalars per checkpoint."""
+    seconds: float
+    skipped: list[str]
+    """Tensors not analysed (non-floating dtypes)."""
+
+    def to_dict(self) -> dict:
+        return {
+            "steps": self.steps,
+            "config": asdict(self.config),
+            "overall": self.overall.row(),
+            "per_module": {m: s.row() for m, s in self.per_module.items()},
+            "per_module_layer": [{"module": m, "layer": l, **s.row()} for (m, l), s in self.per_module_layer.items()],
+            "per_tensor": {n: s.row() for n, s in self.per_tensor.items()},
+            "drift_first_direction": None if self.drift is None else round(self.drift.first, 4),
+            "n_params": self.n_params,
+            "seconds": round(self.seconds, 3),
+            "skipped": self.skipped,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def table(self) -> str:
+        """A plain-text summary table: overall, then one row per module type."""
+        rows = [("all", self.overall)] + sorted(self.per_module.items())
+        width = max(len(n) for n, _ in rows)
+        lines = [f"{'module':<{width}}  median    mean  >{self.config.threshold:<4}      kept     total"]
+        for name, s in rows:
+            r = s.row()
+            fmt = lambda x: "     -" if x is None else f"{x:6.3f}"  # noqa: E731
+            lines.append(f"{name:<{width}}  {fmt(r['median'])}  {fmt(r['mean'])}  {fmt(r['frac_above'])}  "
+                         f"{s.count:8d}  {s.total:8d}")
+        if self.drift is not None:
+            lines.append(f"variance along the first principal direction of the trajectory: {self.drift.first:.3f}")
+        lines.append(f"{len(self.steps)} checkpoints (steps {self.steps[0]}..{self.steps[-1]}), "
+                     f"{self.n_params:,} parameters, {self.seconds:.1f} s")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# The equations
+# ---------------------------------------------------------------------------------------------
+
+def r2_against_steps(values: np.ndarray, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """PAPER.md Sec. 4, linearity: R^2 and slope of the least-squares line of each trajectory vs step.
+
+    values [T, n], steps [T] -> (R^2 [n], slope [n]) in float64; R^2 is NaN for a constant trajectory.
+    """
+    y = np.asarray(values, np.float64)  # [T, n]
+    tc = np.asarray(steps, np.float64) - np.mean(steps)  # [T]
+    yc = y - y.mean(axis=0)  # [T, n]
+    s_tt = tc @ tc
+    s_ty = tc @ yc  # [n]
+    s_yy = np.einsum("tn,tn->n", yc, yc)  # [n]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r2 = np.where(s_yy > 0, np.clip(s_ty**2 / (s_tt * s_yy), 0.0, 1.0), np.nan)
+    return r2, s_ty / s_tt
+
+
+def drift_spectrum(gram: np.ndarray) -> DriftSpectrum:
+    """PAPER.md Sec. 4, stable low-dimensional drift: principal variances of a trajectory from its Gram
+    matrix G = sum_p d_p d_p^T [T, T] (d_p = the trajectory of scalar p, any per-scalar offset).
+
+    Centring over checkpoints is linear, so the centred Gram matrix is C G C with C = I - 11^T / T; its
+    eigenvalues are the variances along the principal directions. Nothing of size T x P is formed.
+    """
+    T = gram.shape[0]
+    c = np.eye(T) - np.full((T, T), 1.0 / T)
+    eig = np.linalg.eigvalsh(c @ gram @ c)[::-1]
+    return DriftSpectrum(np.clip(eig, 0.0, None))
+
+
+def summarize_r2(r2: np.ndarray, threshold: float = 0.7) -> R2Summary:
+    """Summary of R^2 values held in memory; NaN entries (excluded trajectories) are not counted."""
+    r2 = np.asarray(r2, np.float64).ravel()
+    kept = r2[np.isfinite(r2)]
+    hist = np.bincount(np.minimum((kept * HIST_BINS).astype(np.int64), HIST_BINS - 1), minlength=HIST_BINS)
+    if kept.size == 0:
+        return R2Summary(0, r2.size, math.nan, math.nan, math.nan, hist)
+    return R2Summary(int(kept.size), int(r2.size), float(kept.mean()), float(np.median(kept)),
+                     float((kept > threshold).mean()), hist)
+
+
+def summary_from_counts(hist: np.ndarray, total: int, sum_r2: float, above: int,
+                        values: np.ndarray | None = None) -> R2Summary:
+    """Summary of streamed R^2 values: exact count, mean and fraction; the median is exact when the kept
+    `values` are given, else read from the histogram (linear inside its bin: for many values, within a
+    bin width, 1e-4, of the exact median)."""
+    count = int(hist.sum())
+    if count == 0:
+        return R2Summary(0, int(total), math.nan, math.nan, math.nan, hist)
+    median = float(np.median(values)) if values is not None else histogram_median(hist)
+    return R2Summary(count, int(total), float(sum_r2 / count), median, above / count, hist)
+
+
+def histogram_median(hist: np.ndarray) -> float:
+    """Median of values binned in equal bins on [0, 1], interpolated linearly inside its bin."""
+    cum = np.cumsum(hist)
+    half = cum[-1] / 2
+    b = int(np.searchsorted(cum, half))
+    before = cum[b - 1] if b > 0 else 0
+    return (b + (half - before) / hist[b]) / len(hist)
+
+
+def merge_summaries(parts: list[R2Summary]) -> R2Summary:
+    """One summary of the union of several (kept counts, sums and histograms add)."""
+    hist = sum(p.hist for p in parts)
+    count = sum(p.count for p in parts)
+    total = sum(p.total for p in parts)
+    sum_r2 = sum(p.mean * p.count for p in parts if p.count)
+    above = sum(p.frac_above * p.count for p in parts if p.count)
+    return summary_from_counts(hist, total, sum_r2, round(above))
+
+
+@dataclass
+class TrajectoryLinearity:
+    """R^2 of trajectories held in memory (token log-probs, activations): values, fits and summaries."""
+
+    steps: list[int]
+    values: np.ndarray = field(repr=False)
+    """The trajectories [T, n]."""
+    r2: np.ndarray = field(repr=False)
+    """R^2 per trajectory [n]; NaN where excluded (filtered out or constant)."""
+    slope: np.ndarray = field(repr=False)
+    """Slope per trajectory [n], per step."""
+    kept: np.ndarray = field(repr=False)
+    """Which trajectories count [n]."""
+    overall: R2Summary
+    groups: dict[str, R2Summary]
+    """Summaries per group (e.g. per layer for activations); empty when no groups were given."""
+    examples: list[Example]
+
+    def to_dict(self) -> dict:
+        return {"steps": list(self.steps), "overall": self.overall.row(),
+                "groups": {g: s.row() for g, s in self.groups.items()}}
+
+
+def trajectory_linearity(values: np.ndarray, steps, keep: np.ndarray | None = None, *, threshold: float = 0.7,
+                         labels=None, groups=None, n_examples: int = 4, seed: int = 0) -> TrajectoryLinearity:
+    """`r2_against_steps` on trajectories values [T, n] in memory, keeping the columns where keep [n] is
+    true (constant ones are always excluded); summaries overall and per group label groups [n]."""
+    values = np.asarray(values, np.float64)
+    if values.ndim != 2 or values.shape[0] != len(steps):
+        raise ValueError(f"values must be [T, n] with T = {len(steps)} checkpoints, got shape {values.shape}")
+    r2, slope = r2_against_steps(values, np.asarray(steps, np.float64))
+    kept = np.isfinite(r2) if keep is None else (np.asarray(keep, bool) & np.isfinite(r2))
+    r2 = np.where(kept, r2, np.nan)
+    by_group: dict[str, R2Summary] = {}
+    if groups is not None:
+        groups = np.asarray(groups)
+        for g in dict.fromkeys(groups.tolist()):
+            by_group[str(g)] = summarize_r2(r2[groups == g], threshold)
+    idx = np.flatnonzero(kept)
+    if idx.size > 4096:  # examples come from a random subset: quantiles of 4096 are plenty
+        idx = np.sort(np.random.default_rng(seed).choice(idx, 4096, replace=False))
+    pool = [Example(str(labels[j]) if labels is not None else f"#{j}", int(j), float(r2[j]), float(slope[j]),
+                    values[:, j]) for j in idx]
+    return TrajectoryLinearity(list(steps), values, r2, slope, kept, summarize_r2(r2, threshold), by_group,
+                               choose_examples(pool, n_examples))
+
+
+# ---------------------------------------------------------------------------------------------
+# Grouping tensors by module type and layer
+# ---------------------------------------------------------------------------------------------
+
+LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.(.+)$")
+
+
+def module_and_layer(name: str) -> tuple[str, int]:
+    """("q_proj.weight", 3) for "model.layers.3.self_attn.q_proj.weight"; layer -1 outside the stack.
+
+    The module type is the last two components of the name (so q_proj.weight and q_proj.bias stay apart,
+    and MoE experts of the same projection group together).
+    """
+    m = LAYER.search(name)
+    parts = (m.group(2) if m else name).split(".")
+    return ".".join(parts[-2:]), int(m.group(1)) if m else -1
+
+
+# ---------------------------------------------------------------------------------------------
+# The streaming engine
+# ---------------------------------------------------------------------------------------------
+
+def sample_indices(name: str, numel: int, cfg: LinearityConfig) -> np.ndarray | None:
+    """Sorted flat indices of the sampled entries of one tensor, or None for all of them."""
+    if cfg.sample_fraction is None:
+        return None
+    k = min(numel, max(cfg.min_samples, math.ceil(cfg.sample_fraction * numel)))
+    rng = np.random.default_rng([cfg.seed, zlib.crc32(name.encode())])
+    return np.sort(rng.choice(numel, size=k, replace=False))
+
+
+def weight_linearity(
+    traj: Trajectory,
+    cfg: LinearityConfig = LinearityConfig(),
+    *,
+    save_r2: str | Path | None = None,
+    progress: bool = True,
+) -> WeightLinearity:
+    """PAPER.md Sec. 4, weight linearity: R^2 of every scalar weight against the step, streamed.
+
+    Reads each tensor chunk by chunk across all checkpoints (memory ~ T x chunk_elems, whatever the model
+    size), one pass over the data. With `save_r2`, writes the per-parameter R^2 (NaN where excluded) as a
+    safetensors file with the model's tensor names.
+    """
+    if cfg.skip_first:
+        traj = traj.without_first(cfg.skip_first)
+    if cfg.sample_fraction is not None and not 0 < cfg.sample_fraction <= 1:
+        raise ValueError(f"sample_fraction must be in (0, 1], got {cfg.sample_fraction}")
+    if save_r2 is not None and cfg.sample_fraction is not None:
+        raise ValueError("save_r2 needs every parameter; it cannot be combined with sample_fraction")
+    steps = np.asarray(traj.steps, np.float64)  # [T]
+    T = len(steps)
+    rng = np.random.default_rng(cfg.seed)
+    acc = ChunkAccumulator(T)
+    analysed = {n: i for n, i in traj.tensors.items() if i.is_float and i.numel > 0}
+    skipped = [n for n in traj.tensors if n not in analysed]
+    writer = R2Writer(save_r2, {n: i.shape for n, i in analysed.items()}) if save_r2 is not None else None
+    per_tensor: dict[str, R2Summary] = {}
+    reservoir: list[Example] = []
+    t0 = time.perf_counter()
+    bar = tqdm(total=sum(i.numel for i in analysed.values()), desc="weight R^2", unit="param", unit_scale=True,
+               disable=not progress)
+    with ThreadPoolExecutor(max_workers=1) as reader:  # reads the next chunk while this one is computed
+        for name, info in analysed.items():
+            bar.set_postfix_str(name[-40:], refresh=False)
+            idx = sample_indices(name, info.numel, cfg)
+            spans = chunk_spans(info.numel, idx, cfg.chunk_elems)
+            pending = reader.submit(traj.read, name, *spans[0][:2])
+            kept_r2: list[np.ndarray] = []
+            for k, (start, stop, cols) in enumerate(spans):
+                raw = pending.result()  # [T, stop - start]
+                if k + 1 < len(spans):
+                    pending = reader.submit(traj.read, name, *spans[k + 1][:2])
+                values = raw if cols is None else np.ascontiguousarray(raw[:, cols])
+                bits = kernel_bits(values)
+                r2, slope = chunk_stats(bits, steps, acc, min_range=cfg.min_range, min_distinct=cfg.min_distinct,
+                                        threshold=cfg.threshold, gram=cfg.drift)
+                if acc.acc[:, 3].sum() > 0:
+                    raise_nonfinite(traj, name, ~np.isfinite(as_float(values)))
+                if writer is not None:
+                    writer.write(r2)
+                if info.numel <= EXACT_MEDIAN_MAX:
+                    kept_r2.append(r2[np.isfinite(r2)])
+                keep_examples(reservoir, name, values, r2, slope, start, cols, rng)
+                bar.update(stop - start)
+            hist, a = acc.take_counts()
+            exact = np.concatenate(kept_r2) if info.numel <= EXACT_MEDIAN_MAX else None
+            per_tensor[name] = summary_from_counts(hist, info.numel if idx is None else idx.size, a[1], int(a[2]), exact)
+    bar.close()
+    if writer is not None:
+        writer.close()
+    groups: dict[tuple[str, int], list[R2Summary]] = {}
+    for name, s in per_tensor.items():
+        groups.setdefault(module_and_layer(name), []).append(s)
+    per_module_layer = {k: merge_summaries(v) for k, v in sorted(groups.items())}
+    modules: dict[str, list[R2Summary]] = {}
+    for (m, _), s in per_module_layer.items():
+        modules.setdefault(m, []).append(s)
+    return WeightLinearity(
+        steps=list(traj.steps), config=cfg,
+        overall=merge_summaries(list(per_tensor.values())),
+        per_tensor=per_tensor, per_module_layer=per_module_layer,
+        per_module={m: merge_summaries(v) for m, v in sorted(modules.items())},
+        examples=choose_examples(reservoir, cfg.n_examples),
+        drift=drift_spectrum(acc.gram_matrix()) if cfg.drift else None,
+        n_params=traj.n_params, seconds=time.perf_counter() - t0, skipped=skipped,
+    )
+
+
+def chunk_spans(numel: int, idx: np.ndarray | None, chunk_elems: int) -> list[tuple[int, int, np.ndarray | None]]:
+    """(start, stop, columns to keep relative to start or None) of each chunk of a flattened tensor."""
+    if idx is None:
+        return [(s, min(s + chunk_elems, numel), None) for s in range(0, numel, chunk_elems)]
+    spans = []
+    for s in range(0, numel, chunk_elems):
+        sel = idx[(idx >= s) & (idx < s + chunk_elems)]
+        if sel.size:
+            spans.append((int(sel[0]), int(sel[-1]) + 1, sel - sel[0]))
+    return spans
+
+
+def kernel_bits(values: np.ndarray) -> np.ndarray:
+    """Raw values [T, n] as the kernel's input: bf16 bits (uint16) or float32 bits (int32)."""
+    if values.dtype == np.uint16:
+        return values
+    return np.ascontiguousarray(values, dtype=np.float32).view(np.int32)
+
+
+def as_float(values: np.ndarray) -> np.ndarray:
+    """Raw values (bf16 bits or floats) [T, n] as float64."""
+    if values.dtype == np.uint16:
+        return (values.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    return values.astype(np.float64)
+
+
+def keep_examples(reservoir: list[Example], name: str, values: np.ndarray, r2: np.ndarray, slope: np.ndarray,
+                  start: int, cols: np.ndarray | None, rng: np.random.Generator, per_chunk: int = 4) -> None:
+    """Add a few random kept trajectories of this chunk to the pool examples are chosen from."""
+    kept = np.flatnonzero(np.isfinite(r2))
+    if kept.size == 0:
+        return
+    for j in rng.choice(kept, size=min(per_chunk, kept.size), replace=False):
+        index = start + (int(j) if cols is None else int(cols[j]))
+        reservoir.append(Example(name, index, float(r2[j]), float(slope[j]), as_float(values[:, j:j + 1])[:, 0]))
+
+
+def choose_examples(pool: list[Example], n: int) -> list[Example]:
+    """n examples at evenly spaced quantiles of R^2 (10% .. 90%) of the pool."""
+    if not pool or n <= 0:
+        return []
+    pool = sorted(pool, key=lambda e: e.r2)
+    qs = np.linspace(0.1, 0.9, n) if n > 1 else np.array([0.5])
+    picks = sorted({int(round(q * (len(pool) - 1))) for q in qs})
+    return [pool[i] for i in picks]
+
+
+class R2Writer:
+    """Writes per-parameter R^2 as a safetensors file (float32, model tensor names) as chunks arrive,
+    so the full map never has to be held in memory."""
+
+    def __init__(self, path: str | Path, shapes: dict[str, tuple[int, ...]]):
+        header, offset = {}, 0
+        for name, shape in shapes.items():
+            nbytes = 4 * math.prod(shape)
+            header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            offset += nbytes
+        header["__metadata__"] = {"content": "per-parameter R^2 vs training step (NaN: excluded)"}
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.path, "wb")
+        self.file.write(len(raw).to_bytes(8, "little") + raw)
+
+    def write(self, r2: np.ndarray) -> None:
+        self.file.write(np.ascontiguousarray(r2, np.float32).tobytes())
+
+    def close(self) -> None:
+        self.file.close()

@@ -1,0 +1,171 @@
+"""Sec. 4 of the paper, output linearity: log-probs of fixed probe responses, checkpoint by checkpoint.
+
+Probe responses are sampled once from the first checkpoint (k per prompt, fixed seed) and saved as JSONL
+(prompt text, response token ids, response text), so the same probes can be re-used on another run.
+Each response token's teacher-forced log-prob
+
+    l_t(i) = log p_t(y_i | x, y_<i)
+
+is a trajectory over the checkpoints t; tokens whose log-prob changed by more than 0.2 between the first
+and the last checkpoint are kept, and each gets the R^2 of its least-squares line against the step
+(`linearity.r2_against_steps`, the same function as for weights).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel
+
+from rlvr_nb.linearity import TrajectoryLinearity, trajectory_linearity
+from rlvr_nb.models import load_model, load_tokenizer
+from rlvr_nb.sampling import encode_prompts, generate
+from rlvr_nb.trajectory import Trajectory
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    responses_per_prompt: int = 8
+    """k: responses sampled per prompt (the paper: 64 per AIME24 question)."""
+    max_new_tokens: int = 8
+    """Longest response in tokens."""
+    temperature: float = 1.0
+    """Sampling temperature of the probe responses."""
+    top_p: float = 1.0
+    """Nucleus mass of the probe responses."""
+    seed: int = 0
+    """Seed of the probe sampling."""
+    batch_size: int = 256
+    """Sequences per forward pass, when sampling and when teacher-forcing."""
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One fixed response to one prompt."""
+
+    prompt: str
+    response_ids: list[int]
+    """Response token ids, EOS included when the response ended with it."""
+    response_text: str
+
+
+def sample_probes(model: PreTrainedModel, tokenizer, prompts: Sequence[str], cfg: ProbeConfig = ProbeConfig(),
+                  progress: bool = True) -> list[Probe]:
+    """k responses per prompt sampled from `model` with a fixed seed (rlvr_nb.sampling.generate)."""
+    if not prompts:
+        raise ValueError("no prompts to sample probe responses for")
+    if cfg.responses_per_prompt < 1:
+        raise ValueError(f"responses_per_prompt must be >= 1, got {cfg.responses_per_prompt}")
+    generator = torch.Generator().manual_seed(cfg.seed)
+    rows = [p for p in prompts for _ in range(cfg.responses_per_prompt)]
+    probes: list[Probe] = []
+    for i in tqdm(range(0, len(rows), cfg.batch_size), desc="sampling probes", unit="batch", disable=not progress):
+        batch = rows[i : i + cfg.batch_size]
+        ids, am = encode_prompts(tokenizer, batch)
+        tokens, mask = generate(model, ids, am, max_new_tokens=cfg.max_new_tokens, eos_id=tokenizer.eos_token_id,
+                                pad_id=tokenizer.pad_token_id, temperature=cfg.temperature, top_p=cfg.top_p,
+                                generator=generator)
+        for prompt, row, m in zip(batch, tokens.tolist(), mask.tolist()):
+            resp = [t for t, keep in zip(row, m) if keep]
+            probes.append(Probe(prompt, resp, tokenizer.decode(resp, skip_special_tokens=True)))
+    return probes
+
+
+def probes_from_first_checkpoint(traj: Trajectory, prompts: Sequence[str], cfg: ProbeConfig = ProbeConfig(),
+                                 progress: bool = True) -> list[Probe]:
+    """Probe responses sampled from the trajectory's first checkpoint (the paper: the base model)."""
+    return sample_probes(load_model(traj.dirs[0]), load_tokenizer(traj.dirs[0]), prompts, cfg, progress)
+
+
+def save_probes(probes: Sequence[Probe], path: str | Path) -> Path:
+    """One JSON object per line: prompt, response_ids, response_text."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(asdict(p)) + "\n" for p in probes))
+    return path
+
+
+def load_probes(path: str | Path) -> list[Probe]:
+    """Probes saved by `save_probes`; ValueError naming the line of a malformed record."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no probe file at {path}")
+    probes = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            probes.append(Probe(str(rec["prompt"]), [int(t) for t in rec["response_ids"]], str(rec["response_text"])))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{path}:{n}: not a probe record ({e})") from None
+    if not probes:
+        raise ValueError(f"{path} holds no probes")
+    return probes
+
+
+def teacher_forced_batch(tokenizer, probes: Sequence[Probe]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded prompt + response ids, attention mask and response-token mask, all [B, L]."""
+    prompt_ids = [tokenizer(p.prompt, add_special_tokens=False)["input_ids"] for p in probes]
+    L = max(len(a) + len(p.response_ids) for a, p in zip(prompt_ids, probes))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.full((len(probes), L), pad, dtype=torch.long)
+    attn = torch.zeros((len(probes), L), dtype=torch.long)
+    resp = torch.zeros((len(probes), L), dtype=torch.bool)
+    for i, (a, p) in enumerate(zip(prompt_ids, probes)):
+        seq = a + p.response_ids
+        ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        attn[i, : len(seq)] = 1
+        resp[i, len(a) : len(seq)] = True
+    return ids, attn, resp
+
+
+@torch.no_grad()
+def response_logprobs(model: PreTrainedModel, tokenizer, probes: Sequence[Probe], batch_size: int = 256) -> np.ndarray:
+    """Teacher-forced log p(y_i | x, y_<i) of every response token of every probe, in probe order [N]."""
+    out = []
+    for i in range(0, len(probes), batch_size):
+        ids, attn, resp = teacher_forced_batch(tokenizer, probes[i : i + batch_size])  # [B, L]
+        logits = model(input_ids=ids, attention_mask=attn).logits.float()  # [B, L, V]
+        logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None]).squeeze(-1)  # [B, L-1]
+        out.append(logp[resp[:, 1:]].double().numpy())  # response tokens, row by row
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def logprob_trajectories(traj: Trajectory, probes: Sequence[Probe], batch_size: int = 256,
+                         progress: bool = True) -> np.ndarray:
+    """Log-prob of every probe response token at every checkpoint: [T, N] float64."""
+    tokenizer = load_tokenizer(traj.dirs[0])
+    rows = []
+    for d in tqdm(traj.dirs, desc="teacher-forcing probes", unit="ckpt", disable=not progress):
+        rows.append(response_logprobs(load_model(d), tokenizer, probes, batch_size))
+    return np.stack(rows)
+
+
+def token_positions(probes: Sequence[Probe]) -> list[str]:
+    """A label per response token, in the order of `response_logprobs`: "probe <i> token <j>"."""
+    return [f"probe {i} token {j}" for i, p in enumerate(probes) for j in range(len(p.response_ids))]
+
+
+def token_linearity(traj: Trajectory, probes: Sequence[Probe], *, min_change: float = 0.2, threshold: float = 0.7,
+                    batch_size: int = 256, n_examples: int = 4, seed: int = 0,
+                    progress: bool = True) -> TrajectoryLinearity:
+    """PAPER.md Sec. 4, output linearity: R^2 of each probe token's log-prob against the step, over the
+    tokens whose log-prob moved by more than `min_change` between the first and last checkpoint."""
+    lp = logprob_trajectories(traj, probes, batch_size, progress)  # [T, N]
+    return logprob_linearity(lp, traj.steps, min_change=min_change, threshold=threshold,
+                             labels=token_positions(probes), n_examples=n_examples, seed=seed)
+
+
+def logprob_linearity(lp: np.ndarray, steps: Sequence[int], *, min_change: float = 0.2, threshold: float = 0.7,
+                      labels: Sequence[str] | None = None, n_examples: int = 4, seed: int = 0) -> TrajectoryLinearity:
+    """R^2 statistics of log-prob trajectories lp [T, N] held in memory (tokens that moved > min_change)."""
+    lp = np.asarray(lp, np.float64)
+    moved = np.abs(lp[-1] - lp[0]) > min_change  # [N]
+    return trajectory_linearity(lp, steps, moved, threshold=threshold, labels=labels, n_examples=n_examples, seed=seed)

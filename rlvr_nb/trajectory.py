@@ -1,0 +1,370 @@
+"""A training trajectory: the checkpoints of one run, their steps, and lazy access to their tensors.
+
+`load_trajectory(run_dir)` finds the checkpoints of a run in any of these layouts:
+
+    <run>/checkpoints/step_<N>/                 rlvr-nb (`rlvr_nb.checkpoints`)
+    <run>/checkpoint-<N>/                       TRL / HuggingFace Trainer
+    <run>/global_step_<N>/actor/huggingface/    verl (when the HuggingFace copy holds weights)
+
+or takes an explicit list of (step, directory) pairs of `save_pretrained` directories; a base model
+directory can be added as step 0 (TRL and verl runs do not save one). Weights are read from
+`model.safetensors` or the shards named by `model.safetensors.index.json`; nothing else in a checkpoint
+(training_args.bin, optimizer.pt, ...) is ever opened, and nothing is unpickled.
+
+Everything that can be checked without reading the weights is checked up front, with one clear error
+each: missing directory, no checkpoints, fewer than three, duplicate steps, keys or shapes that differ
+between checkpoints, corrupt or truncated safetensors files, differing tokenizers. Non-finite weights
+are found while the weights are read (`Trajectory.check_finite`, or the R^2 engine itself).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from tqdm.auto import tqdm
+
+MIN_CHECKPOINTS = 3
+"""A line through fewer than three points always fits perfectly: R^2 means nothing below this."""
+
+# name of a checkpoint directory -> its step, per layout
+OURS = re.compile(r"^step_(\d+)$")
+HF_TRAINER = re.compile(r"^checkpoint-(\d+)$")
+VERL = re.compile(r"^global_step_(\d+)$")
+
+SAFETENSORS_DTYPES = {"BF16": np.uint16, "F16": np.float16, "F32": np.float32, "F64": np.float64}
+"""Floating dtypes whose values we read (bf16 as raw uint16 bit patterns: numpy has no bfloat16)."""
+DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+               "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where one tensor lives in every checkpoint of a trajectory."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtypes: tuple[str, ...]
+    """safetensors dtype per checkpoint ("BF16", "F32", ...)."""
+    locations: tuple[tuple[Path, int], ...]
+    """(file, absolute byte offset of the tensor's data) per checkpoint."""
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def is_float(self) -> bool:
+        return all(d in SAFETENSORS_DTYPES for d in self.dtypes)
+
+
+@dataclass
+class Trajectory:
+    """The checkpoints of one run in step order, with lazy tensor access (nothing is loaded up front)."""
+
+    steps: list[int]
+    """Training step of each checkpoint, strictly increasing."""
+    dirs: list[Path]
+    """The HuggingFace directory of each checkpoint (config.json, weights, usually tokenizer files)."""
+    tensors: dict[str, TensorInfo] = field(repr=False)
+    """Every tensor, by name, in the order of the first checkpoint's files."""
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    @property
+    def n_params(self) -> int:
+        """Number of floating-point scalars per checkpoint."""
+        return sum(t.numel for t in self.tensors.values() if t.is_float)
+
+    def tensor(self, name: str, index: int) -> torch.Tensor:
+        """One whole tensor of checkpoint `index`, read lazily through `safetensors.safe_open`."""
+        info = self._info(name)
+        path = info.locations[index][0]
+        with safe_open(str(path), framework="pt") as f:
+            return f.get_tensor(name)
+
+    def read(self, name: str, start: int = 0, stop: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
+        """Elements [start, stop) of the flattened tensor across all checkpoints: [T, stop - start].
+
+        Raw storage values: bf16 as uint16 bit patterns when every checkpoint stores bf16, otherwise
+        float32 (or float64 when any checkpoint stores float64). Positioned reads (`os.pread`) of the
+        safetensors data, so that memory stays bounded by the chunk (a memory map would keep every page
+        it touched resident).
+        """
+        info = self._info(name)
+        if not info.is_float:
+            raise ValueError(f"tensor {name} has dtypes {set(info.dtypes)}, not a floating type")
+        stop = info.numel if stop is None else stop
+        if not 0 <= start <= stop <= info.numel:
+            raise ValueError(f"range [{start}, {stop}) outside tensor {name} of {info.numel} elements")
+        dtype = storage_dtype(info.dtypes)
+        n = stop - start
+        if out is None:
+            out = np.empty((len(self), n), dtype)
+        elif out.shape != (len(self), n) or out.dtype != dtype or not out.flags.c_contiguous:
+            raise ValueError(f"out must be a C-contiguous {dtype} array of shape {(len(self), n)}")
+        for i, ((path, offset), d) in enumerate(zip(info.locations, info.dtypes)):
+            src = SAFETENSORS_DTYPES[d]
+            nbytes = n * np.dtype(src).itemsize
+            row = out[i] if src == dtype else np.empty(n, src)
+            with open(path, "rb", buffering=0) as f:
+                got = os.preadv(f.fileno(), [memoryview(row).cast("B")], offset + start * np.dtype(src).itemsize)
+            if got != nbytes:
+                raise ValueError(f"truncated safetensors file {path}: tensor {name} ends past the end of the file")
+            if src != dtype:
+                out[i] = bf16_to_float32(row) if d == "BF16" else row
+        return out
+
+    def check_finite(self, progress: bool = True, chunk_elems: int = 1 << 22) -> None:
+        """Read every floating tensor once; ValueError naming the first tensor and checkpoint holding a NaN or Inf."""
+        for name, info in tqdm(self.tensors.items(), desc="checking weights", unit="tensor", disable=not progress):
+            if not info.is_float:
+                continue
+            for start in range(0, info.numel, chunk_elems):
+                chunk = self.read(name, start, min(start + chunk_elems, info.numel))  # [T, n]
+                bad = ~np.isfinite(bf16_to_float32(chunk) if chunk.dtype == np.uint16 else chunk)
+                if bad.any():
+                    raise_nonfinite(self, name, bad)
+
+    def without_first(self, k: int) -> "Trajectory":
+        """The trajectory from its (k+1)-th checkpoint on (skip an initial transient)."""
+        if k < 0 or len(self) - k < MIN_CHECKPOINTS:
+            raise ValueError(f"skip_first={k} leaves {len(self) - k} checkpoints; need at least {MIN_CHECKPOINTS}")
+        tensors = {n: TensorInfo(t.name, t.shape, t.dtypes[k:], t.locations[k:]) for n, t in self.tensors.items()}
+        return Trajectory(self.steps[k:], self.dirs[k:], tensors)
+
+    def _info(self, name: str) -> TensorInfo:
+        if name not in self.tensors:
+            raise KeyError(f"no tensor {name!r} in this trajectory")
+        return self.tensors[name]
+
+
+def storage_dtype(dtypes: Iterable[str]) -> type:
+    """The array dtype `Trajectory.read` returns for a tensor stored with these per-checkpoint dtypes."""
+    dtypes = set(dtypes)
+    if dtypes == {"BF16"}:
+        return np.uint16
+    return np.float64 if "F64" in dtypes else np.float32
+
+
+def bf16_to_float32(bits: np.ndarray) -> np.ndarray:
+    """bf16 bit patterns (uint16) to float32 values, exactly (bf16 is the top half of a float32)."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def raise_nonfinite(traj: Trajectory, name: str, bad: np.ndarray) -> None:
+    """ValueError naming the tensor, checkpoint and count of a NaN/Inf found in chunk mask bad [T, n]."""
+    i = int(np.argmax(bad.any(axis=1)))
+    raise ValueError(f"non-finite weights (NaN or Inf) in tensor {name} of the checkpoint at step "
+                     f"{traj.steps[i]} ({traj.dirs[i]}): {int(bad[i].sum())} values in the chunk read")
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding checkpoints
+# ---------------------------------------------------------------------------------------------
+
+def verl_merge_command(actor_dir: Path) -> str:
+    """The command that turns verl's FSDP shards of one step into a HuggingFace directory."""
+    return (f"python -m verl.model_merger merge --backend fsdp --local_dir {actor_dir} "
+            f"--target_dir {actor_dir / 'huggingface'}")
+
+
+def has_weights(d: Path) -> bool:
+    return (d / "model.safetensors").is_file() or (d / "model.safetensors.index.json").is_file()
+
+
+def find_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """(step, HuggingFace directory) of every checkpoint under a run directory, sorted by step.
+
+    Recognises <run>/checkpoints/step_N/, <run>/step_N/, <run>/checkpoint-N/ and
+    <run>/global_step_N/actor/huggingface/. A verl step whose HuggingFace copy holds no weights (only
+    FSDP shards were saved) is an error that prints verl's merge command.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory {run_dir} does not exist")
+    found: list[tuple[int, Path]] = []
+    for parent in (run_dir / "checkpoints", run_dir):
+        if parent.is_dir():
+            found += [(int(m.group(1)), p) for p in sorted(parent.iterdir()) if p.is_dir() and (m := OURS.match(p.name))]
+    found += [(int(m.group(1)), p) for p in sorted(run_dir.iterdir()) if p.is_dir() and (m := HF_TRAINER.match(p.name))]
+    for p in sorted(run_dir.iterdir()):
+        if p.is_dir() and (m := VERL.match(p.name)):
+            actor = p / "actor"
+            hf = actor / "huggingface"
+            if hf.is_dir() and has_weights(hf):
+                found.append((int(m.group(1)), hf))
+            elif actor.is_dir():
+                raise ValueError(f"verl checkpoint {p} holds FSDP shards but no HuggingFace weights in {hf}; "
+                                 f"merge them first with:\n  {verl_merge_command(actor)}\n"
+                                 "then pass the merged directories as an explicit list of (step, dir)")
+    if not found:
+        raise FileNotFoundError(
+            f"no checkpoints found in {run_dir} (looked for checkpoints/step_N/, step_N/, checkpoint-N/ "
+            "and global_step_N/actor/huggingface/)")
+    return sorted(found, key=lambda sd: sd[0])
+
+
+def load_trajectory(
+    run: str | Path | Sequence[tuple[int, str | Path]],
+    base: str | Path | None = None,
+    *,
+    check_finite: bool = False,
+    progress: bool = True,
+) -> Trajectory:
+    """Find, validate and index the checkpoints of a run (a run directory, or a list of (step, dir)).
+
+    `base` is a `save_pretrained` directory counted as step 0. With `check_finite` every weight is read
+    once up front to rule out NaN/Inf (the R^2 engine checks them anyway as it reads).
+    """
+    pairs = find_checkpoints(run) if isinstance(run, (str, Path)) else [(int(s), Path(d)) for s, d in run]
+    if base is not None:
+        pairs = [(0, Path(base))] + list(pairs)
+    for step, d in pairs:
+        if not d.is_dir():
+            raise FileNotFoundError(f"checkpoint directory {d} (step {step}) does not exist")
+    steps = [s for s, _ in pairs]
+    dupes = sorted({s for s in steps if steps.count(s) > 1})
+    if dupes:
+        where = [f"{s}: " + ", ".join(str(d) for t, d in pairs if t == s) for s in dupes]
+        raise ValueError("duplicate checkpoint steps " + "; ".join(where))
+    if len(pairs) < MIN_CHECKPOINTS:
+        raise ValueError(f"found {len(pairs)} checkpoint(s) ({', '.join(str(d) for _, d in pairs)}); "
+                         f"a linear fit needs at least {MIN_CHECKPOINTS}")
+    pairs = sorted(pairs, key=lambda sd: sd[0])
+    headers = [read_weight_index(d) for _, d in tqdm(pairs, desc="reading checkpoint headers", unit="ckpt",
+                                                     disable=not progress)]
+    check_same_tensors(pairs, headers)
+    check_same_tokenizer(pairs)
+    names = list(headers[0])
+    tensors = {
+        n: TensorInfo(n, tuple(headers[0][n]["shape"]), tuple(h[n]["dtype"] for h in headers),
+                      tuple((h[n]["file"], h[n]["offset"]) for h in headers))
+        for n in names
+    }
+    traj = Trajectory([s for s, _ in pairs], [d for _, d in pairs], tensors)
+    if check_finite:
+        traj.check_finite(progress=progress)
+    return traj
+
+
+# ---------------------------------------------------------------------------------------------
+# Headers and validation
+# ---------------------------------------------------------------------------------------------
+
+def read_safetensors_header(path: Path) -> dict[str, dict]:
+    """{name: {"dtype", "shape", "offset" (absolute), "nbytes"}} of one safetensors file, validated
+    against the file size and against the `safetensors` library's own parser."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > size - 8:
+                raise ValueError(f"header of {n} bytes in a file of {size} bytes")
+            raw = json.loads(f.read(n))
+    except (struct.error, json.JSONDecodeError, UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"corrupt safetensors file {path}: {e}") from None
+    header = {}
+    for name, meta in raw.items():
+        if name == "__metadata__":
+            continue
+        begin, end = meta["data_offsets"]
+        nbytes = math.prod(meta["shape"]) * DTYPE_BYTES.get(meta["dtype"], 0)
+        if 8 + n + end > size:
+            raise ValueError(f"truncated safetensors file {path}: tensor {name} ends at byte {8 + n + end} "
+                             f"of a {size}-byte file")
+        if meta["dtype"] in DTYPE_BYTES and end - begin != nbytes:
+            raise ValueError(f"corrupt safetensors file {path}: tensor {name} has {end - begin} bytes for "
+                             f"shape {meta['shape']} {meta['dtype']}")
+        header[name] = {"dtype": meta["dtype"], "shape": list(meta["shape"]), "offset": 8 + n + begin,
+                        "nbytes": end - begin, "file": path}
+    try:  # the library's own checks (alignment, overlaps, ...)
+        with safe_open(str(path), framework="pt") as f:
+            f.keys()
+    except Exception as e:  # safetensors raises its own error types
+        raise ValueError(f"corrupt safetensors file {path}: {e}") from None
+    return header
+
+
+def read_weight_index(d: Path) -> dict[str, dict]:
+    """All tensors of one checkpoint directory (single file or shards listed in the index)."""
+    index = d / "model.safetensors.index.json"
+    single = d / "model.safetensors"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise ValueError(f"corrupt shard index {index}: {e}") from None
+        header: dict[str, dict] = {}
+        for fname in dict.fromkeys(weight_map.values()):
+            shard = d / fname
+            if not shard.is_file():
+                raise FileNotFoundError(f"shard {shard} listed in {index} does not exist")
+            part = read_safetensors_header(shard)
+            missing = [k for k, v in weight_map.items() if v == fname and k not in part]
+            if missing:
+                raise ValueError(f"{index} places {missing[:3]} in {shard}, which does not hold them")
+            header.update(part)
+        return header
+    if single.is_file():
+        return read_safetensors_header(single)
+    other = sorted(p.name for p in d.glob("*.bin")) + sorted(p.name for p in d.glob("*.pt"))
+    hint = f" (found {', '.join(other[:3])}: only safetensors are read, never pickle)" if other else ""
+    raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {d}{hint}")
+
+
+def check_same_tensors(pairs: list[tuple[int, Path]], headers: list[dict[str, dict]]) -> None:
+    """ValueError naming the first few keys or shapes that differ from the first checkpoint."""
+    ref = headers[0]
+    for (step, d), h in zip(pairs[1:], headers[1:]):
+        missing = sorted(set(ref) - set(h))
+        extra = sorted(set(h) - set(ref))
+        if missing or extra:
+            raise ValueError(f"checkpoint {d} (step {step}) has different tensors from {pairs[0][1]}: "
+                             f"missing {missing[:5]}, extra {extra[:5]}")
+        shapes = [f"{k} {ref[k]['shape']} vs {h[k]['shape']}" for k in ref if ref[k]["shape"] != h[k]["shape"]]
+        if shapes:
+            raise ValueError(f"checkpoint {d} (step {step}) has tensors of different shapes from "
+                             f"{pairs[0][1]}: " + "; ".join(shapes[:5]))
+
+
+def tokenizer_fingerprint(d: Path) -> str | None:
+    """Hash of what defines a tokenizer (vocabulary, merges, added tokens), or None without tokenizer.json.
+
+    Formatting and fields that libraries add on re-saving are ignored, so a base model's tokenizer and
+    the copy a trainer saved compare equal.
+    """
+    path = d / "tokenizer.json"
+    if not path.is_file():
+        return None
+    tok = json.loads(path.read_text())
+    model = tok.get("model", {})
+    merges = [" ".join(m) if isinstance(m, list) else m for m in model.get("merges", []) or []]
+    added = sorted((a.get("id"), a.get("content")) for a in tok.get("added_tokens", []) or [])
+    key = json.dumps([model.get("type"), model.get("vocab"), merges, added], sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def check_same_tokenizer(pairs: list[tuple[int, Path]]) -> None:
+    """ValueError when two checkpoints carry tokenizer.json files that define different tokenizers."""
+    first: tuple[Path, str] | None = None
+    for _, d in pairs:
+        fp = tokenizer_fingerprint(d)
+        if fp is None:
+            continue
+        if first is None:
+            first = (d, fp)
+        elif fp != first[1]:
+            raise ValueError(f"tokenizers differ: {first[0] / 'tokenizer.json'} and {d / 'tokenizer.json'} "
+                             "define different vocabularies; these checkpoints are not one run")

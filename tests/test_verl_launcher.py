@@ -1,0 +1,275 @@
+"""The verl launcher without a GPU: every override key checked against verl's own packaged config
+(OmegaConf struct mode), the estimator mapping checked against verl's source, dry runs (data parquet,
+reward file, command), the subprocess plumbing with a stand-in command, and ingestion of a fabricated verl
+checkpoint tree (FSDP shards + huggingface/).
+
+The config checks need verl's wheel installed without its dependencies:
+    .venv/bin/pip install --no-deps verl==0.9.1
+"""
+
+import importlib.util
+import json
+import re
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlvr_nb.checkpoints import list_checkpoints
+from rlvr_nb.models import ModelConfig, build_model, build_tokenizer, load_model
+from rlvr_nb.verl_launcher import (
+    ADV_ESTIMATORS, ESTIMATORS, VERL_VERSION, RunFiles, VerlRun, VerlRunConfig, build_overrides, hydra_value,
+    ingest_verl_checkpoints, installed_verl_version, launch, list_verl_checkpoints, main, prepare_run, resolve,
+    validate, validate_overrides)
+
+HAVE_VERL = importlib.util.find_spec("verl") is not None
+needs_verl = pytest.mark.skipif(not HAVE_VERL, reason=f"verl not installed: pip install --no-deps verl=={VERL_VERSION}")
+
+
+@pytest.fixture(scope="module")
+def init_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("init")
+    tok = build_tokenizer()
+    m = build_model(ModelConfig(), tok)
+    m.save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+def tiny_cfg(init_dir: Path, out: Path, **kw) -> VerlRunConfig:
+    return VerlRunConfig(model_path=str(init_dir), output_dir=str(out), steps=6, prompts_per_step=4, group_size=4,
+                         max_prompt_length=16, max_response_length=6, ckpt_every=2, **kw)
+
+
+def as_dict(overrides: list[str]) -> dict[str, str]:
+    return dict(o.split("=", 1) for o in overrides)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Overrides against verl's packaged config
+
+
+@needs_verl
+def test_installed_verl_is_the_validated_version():
+    assert installed_verl_version() == VERL_VERSION
+
+
+@needs_verl
+@pytest.mark.parametrize("estimator", ADV_ESTIMATORS)
+@pytest.mark.parametrize("data", ["embedded", "file"])
+def test_every_override_key_is_known_to_verl(tmp_path, init_dir, estimator, data):
+    kw = {}
+    if data == "file":
+        f = tmp_path / "math.jsonl"
+        f.write_text("".join(json.dumps({"question": f"What is {i}+1?", "answer": str(i + 1)}) + "\n" for i in range(8)))
+        kw = dict(train_data=str(f), save_resumable=True, attn_implementation="flash_attention_2")
+    run = prepare_run(tiny_cfg(init_dir, tmp_path / "run", adv_estimator=estimator, **kw), validate_against_verl=False)
+    overrides = run.command[3:]
+    assert len(overrides) > 40
+    validate_overrides(overrides)  # raises on any key verl does not know
+
+
+@needs_verl
+def test_unknown_keys_and_wrong_kinds_fail(tmp_path, init_dir):
+    run = prepare_run(tiny_cfg(init_dir, tmp_path / "run"), validate_against_verl=False)
+    good = run.command[3:]
+    bad = ["actor_rollout_ref.actor.no_such_key=1", "trainer.save_frequency=5",
+           "trainer.save_freq=often", "actor_rollout_ref.rollout.n=[1,2]",
+           "+trainer.save_freq=3"]
+    with pytest.raises(ValueError) as e:
+        validate_overrides(good + bad)
+    msg = str(e.value)
+    assert msg.startswith("5 override(s)")
+    for key in ("actor_rollout_ref.actor.no_such_key", "trainer.save_frequency", "trainer.save_freq",
+                "actor_rollout_ref.rollout.n"):
+        assert key in msg
+    with pytest.raises(ValueError, match="no_such"):  # a launch validates before running anything
+        prepare_run(replace(tiny_cfg(init_dir, tmp_path / "run2"), extra_overrides=("data.no_such=1",)))
+
+
+@needs_verl
+def test_estimator_mapping_names_exist_in_verl_source():
+    root = Path(list(importlib.util.find_spec("verl").submodule_search_locations)[0])
+    core = (root / "trainer" / "ppo" / "core_algos.py").read_text()
+    estimators = set(re.findall(r'^\s+[A-Z_]+ = "([a-z_]+)"', core.split("class AdvantageEstimator")[1].split("\n\n\n")[0], re.M))
+    losses = set(re.findall(r'@register_policy_loss\("([a-z_]+)"\)', core))
+    actor = (root / "workers" / "config" / "actor.py").read_text()
+    aggs = set(re.findall(r'"((?:token|seq)-[a-z-]+)"', actor.split("valid_loss_agg_modes")[1].split("]")[0]))
+    for verl_est, loss, _, agg, _, _ in ESTIMATORS.values():
+        assert verl_est in estimators and loss in losses and agg in aggs
+
+
+def test_estimator_mapping():
+    def ov(est, **kw):
+        cfg = VerlRunConfig(model_path="m", output_dir="o", adv_estimator=est, **kw)
+        return as_dict(build_overrides(cfg, n_train=1000))
+
+    g, d, r, s = ov("grpo"), ov("dr_grpo"), ov("reinforce_pp"), ov("gspo")
+    assert g["algorithm.adv_estimator"] == "grpo" and g["algorithm.norm_adv_by_std_in_grpo"] == "true"
+    assert g["actor_rollout_ref.actor.loss_agg_mode"] == "seq-mean-token-mean"  # the paper's setting
+    assert g["actor_rollout_ref.actor.clip_ratio_high"] == "0.28"
+    assert d["algorithm.norm_adv_by_std_in_grpo"] == "false"
+    assert d["actor_rollout_ref.actor.loss_agg_mode"] == "seq-mean-token-sum-norm"
+    assert r["algorithm.adv_estimator"] == "reinforce_plus_plus"
+    assert s["actor_rollout_ref.actor.policy_loss.loss_mode"] == "gspo" and s["algorithm.adv_estimator"] == "grpo"
+    assert float(s["actor_rollout_ref.actor.clip_ratio_low"]) == 3e-4
+    assert g["actor_rollout_ref.actor.checkpoint.save_contents"] == "[hf_model]"
+    assert g["trainer.resume_mode"] == "disable" and g["trainer.total_epochs"] == str(1000 * 128 // 1000)
+    assert ov("grpo", clip_high=0.3, loss_agg="token-mean")["actor_rollout_ref.actor.loss_agg_mode"] == "token-mean"
+
+
+def test_validate_rejects_bad_configs():
+    ok = VerlRunConfig(model_path="m", output_dir="o")
+    validate(ok)
+    for bad, match in [(dict(adv_estimator="ppo"), "adv_estimator"),
+                       (dict(adv_estimator="dr_grpo", loss_agg="token-mean"), "dr_grpo"),
+                       (dict(n_gpus=3, prompts_per_step=5, group_size=2), "divisible"),
+                       (dict(n_gpus=2, rollout_tp=4), "multiple"),
+                       (dict(group_size=1), "group_size"),
+                       (dict(model_path=""), "model_path"),
+                       (dict(extra_overrides=("novalue",)), "key=value")]:
+        with pytest.raises(ValueError, match=match):
+            validate(replace(ok, **bad))
+
+
+def test_hydra_values():
+    assert hydra_value(True) == "true" and hydra_value(None) == "null" and hydra_value(1e-6) == "1e-06"
+    assert hydra_value(["console", "file"]) == "[console,file]"
+    assert hydra_value("/a/b-c/train.parquet") == "/a/b-c/train.parquet"
+    assert hydra_value("has space") == "'has space'"
+    assert hydra_value("123") == "'123'" and hydra_value("null") == "'null'"  # strings stay strings
+    assert hydra_value("{{ m['content'] }}") == "\"{{ m['content'] }}\""
+    for bad in ("a'b\"c", "a\\b", "${x}"):
+        with pytest.raises(ValueError):
+            hydra_value(bad)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Dry runs: data, reward file, command
+
+
+def test_dry_run_writes_verl_data_reward_and_command(tmp_path, init_dir, capsys):
+    out = tmp_path / "run"
+    run = main(["--model_path", str(init_dir), "--output_dir", str(out), "--steps", "6", "--prompts_per_step", "4",
+                "--group_size", "4", "--max_prompt_length", "16", "--max_response_length", "6", "--ckpt_every", "2",
+                "--adv_estimator", "dr_grpo", "--dry-run"])
+    printed = capsys.readouterr().out
+    assert "-m verl.trainer.main_ppo" in printed and "algorithm.adv_estimator=grpo" in printed
+    assert run.returncode is None and not (out / "verl.log").exists()  # nothing ran
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(out / "data" / "train.parquet").to_pylist()
+    assert len(rows) == 6 * 4  # one epoch of fresh problems, as many as the steps consume
+    r = rows[0]
+    assert r["prompt"][0]["role"] == "user" and re.fullmatch(r"\d{3}\+\d{3}=", r["prompt"][0]["content"])
+    assert r["reward_model"]["style"] == "rule" and r["data_source"] == "rlvr_nb/addition3"
+    a, b = map(int, r["prompt"][0]["content"][:-1].split("+"))
+    assert r["reward_model"]["ground_truth"] == str(a + b).zfill(4)[::-1]
+    assert r["extra_info"]["split"] == "train"
+    assert len(pq.read_table(out / "data" / "val.parquet")) == 512  # the task's held-out split
+    spec = importlib.util.spec_from_file_location("reward", out / "reward.py")
+    reward = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reward)
+    truth = r["reward_model"]["ground_truth"]
+    assert reward.compute_score(r["data_source"], truth, truth) == 1.0
+    assert reward.compute_score(r["data_source"], truth + "1", truth) == 0.0
+    launch_info = json.loads((out / "launch.json").read_text())
+    assert launch_info["resolved"]["loss_agg"] == "seq-mean-token-sum-norm"
+    assert "custom_chat_template" in (out / "command.sh").read_text()
+
+
+def test_math_file_data_uses_boxed_instruction_and_math_grader(tmp_path, init_dir):
+    f = tmp_path / "math.jsonl"
+    f.write_text("".join(json.dumps({"problem": f"Compute {i}/2.", "solution": f"{i}/2"}) + "\n" for i in range(1, 9)))
+    with pytest.raises(ValueError, match="no column"):
+        prepare_run(tiny_cfg(init_dir, tmp_path / "bad", train_data=str(f)), validate_against_verl=False)
+    cfg = tiny_cfg(init_dir, tmp_path / "run", train_data=str(f), question_key="problem", answer_key="solution")
+    run = prepare_run(cfg, validate_against_verl=False)
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(run.files.train).to_pylist()
+    assert rows[0]["prompt"][0]["content"].endswith("\\boxed{}.") and len(rows) == 8
+    ov = as_dict(run.command[3:])
+    assert "actor_rollout_ref.model.custom_chat_template" not in ov  # the model's own template
+    assert ov["trainer.total_epochs"] == "3"  # 6 steps x 4 prompts over 8 rows
+    spec = importlib.util.spec_from_file_location("reward_math", run.files.reward)
+    reward = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reward)
+    assert reward.compute_score("x", "so the answer is \\boxed{0.5}", "1/2") == 1.0
+    assert reward.compute_score("x", "so the answer is \\boxed{2}", "1/2") == 0.0
+
+
+def test_refuses_a_run_directory_with_checkpoints(tmp_path, init_dir):
+    out = tmp_path / "run"
+    (out / "verl_checkpoints" / "global_step_2").mkdir(parents=True)
+    with pytest.raises(FileExistsError, match="fresh"):
+        prepare_run(tiny_cfg(init_dir, out), validate_against_verl=False)
+    with pytest.raises(FileNotFoundError):
+        prepare_run(tiny_cfg(tmp_path / "nope", tmp_path / "run2"), validate_against_verl=False)
+
+
+# ----------------------------------------------------------------------------------------------------
+# verl checkpoints -> our layout; the subprocess
+
+
+def fabricate_verl_tree(root: Path, init_dir: Path, steps=(2, 4, 6)) -> dict[int, torch.Tensor]:
+    """What verl 0.9.1 writes with save_contents=[..., hf_model]: FSDP shards beside actor/huggingface/."""
+    tok = build_tokenizer()
+    heads = {}
+    for s in steps:
+        actor = root / f"global_step_{s}" / "actor"
+        (actor / "model_world_size_1_rank_0.pt").parent.mkdir(parents=True, exist_ok=True)
+        (actor / "model_world_size_1_rank_0.pt").write_bytes(b"FSDP shard (never read)")
+        m = load_model(init_dir)
+        with torch.no_grad():
+            m.lm_head.weight.add_(0.01 * s)
+        m.save_pretrained(actor / "huggingface")
+        tok.save_pretrained(actor / "huggingface")
+        heads[s] = m.lm_head.weight.detach().clone()
+    return heads
+
+
+def test_ingest_fabricated_verl_checkpoint_tree(tmp_path, init_dir):
+    verl_dir = tmp_path / "run" / "verl_checkpoints"
+    heads = fabricate_verl_tree(verl_dir, init_dir)
+    metrics = tmp_path / "run" / "verl_metrics.jsonl"
+    metrics.write_text("".join(json.dumps({"step": s, "data": {"critic/score/mean": s / 10}}) + "\n" for s in range(1, 7)))
+    out = ingest_verl_checkpoints(verl_dir, tmp_path / "run", init_dir, metrics)
+    assert [s for s, _ in out] == [0, 2, 4, 6]
+    assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [0, 2, 4, 6]  # our layout, read by our code
+    for s in (2, 4, 6):
+        torch.testing.assert_close(load_model(tmp_path / "run" / "checkpoints" / f"step_{s}").lm_head.weight, heads[s])
+    state = json.loads((tmp_path / "run" / "checkpoints" / "step_4" / "trainer_state.json").read_text())
+    assert state["step"] == 4 and state["metrics"]["critic/score/mean"] == 0.4
+    # a checkpoint holding only FSDP shards names the fix
+    shards_only = verl_dir / "global_step_8" / "actor"
+    shards_only.mkdir(parents=True)
+    (shards_only / "model_world_size_1_rank_0.pt").write_bytes(b"x")
+    with pytest.raises(FileNotFoundError, match="model_merger"):
+        list_verl_checkpoints(verl_dir)
+
+
+def test_launch_streams_the_log_and_ingests(tmp_path, init_dir):
+    """The subprocess plumbing, with a stand-in for verl that prints verl-style lines and saves checkpoints."""
+    cfg = tiny_cfg(init_dir, tmp_path / "run")
+    files = RunFiles(tmp_path / "run")
+    files.root.mkdir()
+    script = ("import sys\n"
+              "for s in (1, 2): print(f'step:{s} - critic/score/mean:0.{s} - actor/pg_loss:0.0', flush=True)\n")
+    fabricate_verl_tree(files.verl_checkpoints, init_dir, steps=(2,))
+    run = launch(VerlRun(cfg, files, [sys.executable, "-c", script], n_train=24), progress=False)
+    assert run.returncode == 0 and "step:2 - critic/score/mean:0.2" in files.log.read_text()
+    assert [s for s, _ in run.checkpoints] == [0, 2]
+    failing = VerlRun(cfg, files, [sys.executable, "-c", "print('boom'); raise SystemExit(3)"], n_train=24)
+    with pytest.raises(RuntimeError, match="code 3"):
+        launch(failing, progress=False)
+    assert "boom" in files.log.read_text()
+
+
+def test_resolve_defaults_follow_the_data():
+    emb = resolve(VerlRunConfig(model_path="m", output_dir="o"))
+    assert emb.grader == "exact" and emb.prompt_suffix == "" and emb.chat_template is not None
+    fil = resolve(VerlRunConfig(model_path="m", output_dir="o", train_data="x.jsonl"))
+    assert fil.grader == "math" and "\\boxed{}" in fil.prompt_suffix and fil.chat_template is None

@@ -1,0 +1,370 @@
+"""CPU tests of the vLLM paths: the two-stack logits-extrapolation model (its mixing, weight names and
+routing, driven by transformers stacks standing in for vLLM's) and the vLLM sampling backend (driven by a
+fake `vllm` module). What needs a GPU (vLLM itself) is not exercised here."""
+
+import inspect
+import json
+import random
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from rlvr_nb.models import ModelConfig, build_model, build_tokenizer
+from rlvr_nb.sampling import encode_prompts, generate
+from rlvr_nb.vllm_extrapolation import (
+    ARCHITECTURE, TwoStackExtrapolationForCausalLM, alpha_from_steps, layer_index, mix_logits,
+    split_stack_weight_name, stack_weight_name, write_two_stack_checkpoint)
+
+
+def tiny_pair(tmp_path: Path, second_seed: int = 1):
+    """A tiny base checkpoint and a 'later' one (the base plus a random drift), saved as HF directories."""
+    tok = build_tokenizer()
+    base = build_model(ModelConfig(), tok)
+    second = build_model(ModelConfig(), tok)
+    g = torch.Generator().manual_seed(second_seed)
+    with torch.no_grad():
+        for p_b, p_s in zip(base.parameters(), second.parameters()):
+            p_s.copy_(p_b + 0.05 * torch.randn(p_b.shape, generator=g))
+    for name, m in (("base", base), ("second", second)):
+        m.save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+    return tok, base, second
+
+
+class HFStack(torch.nn.Module):
+    """What the two-stack model needs from one vLLM stack, served by a transformers model on CPU, with
+    the same parameter names: vLLM's flat token layout ([T] ids and positions, one sequence here) in,
+    [T, H] hidden states out of forward; compute_logits applies the LM head."""
+
+    def __init__(self, hf) -> None:
+        super().__init__()
+        self.model, self.lm_head = hf.model, hf.lm_head
+
+    def forward(self, input_ids, positions):
+        return self.model(input_ids=input_ids[None], position_ids=positions[None]).last_hidden_state[0]
+
+    def compute_logits(self, hidden):
+        return self.lm_head(hidden)
+
+    def embed_input_ids(self, input_ids):
+        return self.model.embed_tokens(input_ids)
+
+    def load_weights(self, weights):
+        params = dict(self.named_parameters())
+        names = set()
+        for name, t in weights:
+            params[name].data.copy_(t)
+            names.add(name)
+        return names
+
+
+# ----------------------------------------------------------------------------------------------------
+# The pure functions
+
+
+def test_mix_logits_is_the_paper_formula_in_float32():
+    g = torch.Generator().manual_seed(0)
+    lb, ls = torch.randn(3, 11, generator=g).bfloat16(), torch.randn(3, 11, generator=g).bfloat16()
+    out = mix_logits(lb, ls, 1.5)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, lb.float() + 1.5 * (ls.float() - lb.float()))
+    torch.testing.assert_close(mix_logits(lb, ls, 0.0), lb.float())
+    torch.testing.assert_close(mix_logits(lb, ls, 1.0), ls.float())
+    with pytest.raises(ValueError, match="shapes differ"):
+        mix_logits(lb, ls[:, :5], 1.0)
+
+
+def test_alpha_from_steps():
+    assert alpha_from_steps(200, 1400, 2000) == pytest.approx(1.5)  # the paper's Table 1 setting
+    with pytest.raises(ValueError):
+        alpha_from_steps(100, 100, 300)
+
+
+def test_stack_names_round_trip_and_keep_one_layer_integer():
+    names = [n for n, _ in build_model(ModelConfig(), build_tokenizer()).named_parameters()]
+    for stack in ("base", "second"):
+        for n in names:
+            full = stack_weight_name(stack, n)
+            assert split_stack_weight_name(full) == (stack, n)
+            if ".layers." in n:  # vLLM reads a layer's index from the one integer in its name
+                assert layer_index(full) == layer_index(n)
+    for bad in ("model.layers.0.mlp.up_proj.weight", "third.lm_head.weight", "base"):
+        with pytest.raises(ValueError, match="belongs to no stack"):
+            split_stack_weight_name(bad)
+    with pytest.raises(ValueError):
+        stack_weight_name("stack2", "lm_head.weight")
+
+
+# ----------------------------------------------------------------------------------------------------
+# The two-stack checkpoint directory
+
+
+def test_write_two_stack_checkpoint(tmp_path):
+    tok, base, second = tiny_pair(tmp_path)
+    out = write_two_stack_checkpoint(tmp_path / "base", tmp_path / "second", tmp_path / "two", alpha=1.5,
+                                     t_base=0, t_second=300)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["architectures"] == [ARCHITECTURE]
+    assert cfg["extrapolation_inner_architecture"] == "Qwen2ForCausalLM"
+    assert cfg["extrapolation_alpha"] == 1.5 and cfg["extrapolation_t_second"] == 300
+    assert cfg["hidden_size"] == base.config.hidden_size
+    weight_map = json.loads((out / "model.safetensors.index.json").read_text())["weight_map"]
+    for stack, model in (("base", base), ("second", second)):
+        sd = model.state_dict()
+        for name, t in sd.items():
+            key = stack_weight_name(stack, name)
+            with safe_open(str(out / weight_map[key]), framework="pt") as f:
+                torch.testing.assert_close(f.get_tensor(key), t, rtol=0, atol=0)
+    assert len(weight_map) == 2 * len(base.state_dict())
+    assert (out / "tokenizer.json").exists()
+
+
+def test_write_two_stack_checkpoint_refuses_different_architectures(tmp_path):
+    tok = build_tokenizer()
+    build_model(ModelConfig(), tok).save_pretrained(tmp_path / "a")
+    build_model(ModelConfig(hidden_size=32, intermediate_size=128), tok).save_pretrained(tmp_path / "b")
+    with pytest.raises(ValueError, match="hidden_size"):
+        write_two_stack_checkpoint(tmp_path / "a", tmp_path / "b", tmp_path / "out", alpha=1.0)
+    with pytest.raises(FileNotFoundError):
+        write_two_stack_checkpoint(tmp_path / "a", tmp_path / "missing", tmp_path / "out", alpha=1.0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The model class, with transformers stacks standing in for vLLM's
+
+
+def loaded_two_stack(tmp_path, alpha):
+    """Two-stack model whose stacks start from unrelated weights and load the written checkpoint."""
+    tok, base, second = tiny_pair(tmp_path)
+    out = write_two_stack_checkpoint(tmp_path / "base", tmp_path / "second", tmp_path / "two", alpha=alpha)
+    fresh = [build_model(ModelConfig(init_seed=s), tok) for s in (7, 8)]
+    model = TwoStackExtrapolationForCausalLM.from_stacks(HFStack(fresh[0]), HFStack(fresh[1]), alpha,
+                                                         base.config.hidden_size)
+    weights = [(k, v) for f in sorted(out.glob("*.safetensors")) for k, v in load_file(str(f)).items()]
+    random.Random(0).shuffle(weights)  # vLLM gives no order guarantee across files
+    loaded = model.load_weights(iter(weights))
+    return tok, base, second, model, loaded
+
+
+def test_load_weights_routes_every_tensor_to_its_stack(tmp_path):
+    tok, base, second, model, loaded = loaded_two_stack(tmp_path, 1.5)
+    # vLLM compares the returned names with the model's own parameter names
+    assert loaded == {n for n, _ in model.named_parameters()}
+    for stack, ref in (("base", base), ("second", second)):
+        for n, p in ref.named_parameters():
+            torch.testing.assert_close(model.get_parameter(f"{stack}.{n}"), p, rtol=0, atol=0)
+
+
+@torch.no_grad()
+def test_two_stack_logits_equal_the_mixed_logits_of_both_checkpoints(tmp_path):
+    alpha = 1.5
+    tok, base, second, model, _ = loaded_two_stack(tmp_path, alpha)
+    ids = torch.tensor(tok("123+456=2", add_special_tokens=False)["input_ids"])  # [T]
+    pos = torch.arange(len(ids))
+    hidden = model(ids, pos)  # [T, 2H]
+    assert hidden.shape == (len(ids), 2 * base.config.hidden_size)
+    rows = torch.tensor([3, len(ids) - 1])  # vLLM computes logits only on the rows it samples from
+    logits = model.compute_logits(hidden[rows])
+    ref = mix_logits(base(ids[None]).logits[0, rows], second(ids[None]).logits[0, rows], alpha)
+    assert logits.dtype == torch.float32
+    torch.testing.assert_close(logits, ref, rtol=1e-5, atol=1e-5)
+    with pytest.raises(NotImplementedError):
+        model(ids, pos, inputs_embeds=torch.zeros(len(ids), base.config.hidden_size))
+
+
+@torch.no_grad()
+def test_two_stack_greedy_decoding_matches_the_cpu_sampler(tmp_path):
+    alpha = 2.0
+    tok, base, second, model, _ = loaded_two_stack(tmp_path, alpha)
+    prompts = ["123+456=", "999+001=", "500+500="]
+    ids, mask = encode_prompts(tok, prompts)
+    ref_tokens, ref_mask = generate([base, second], ids, mask, max_new_tokens=6, eos_id=tok.eos_token_id,
+                                    pad_id=tok.pad_token_id, temperature=0.0,
+                                    mix=lambda ls: mix_logits(ls[0], ls[1], alpha))
+    for i, p in enumerate(prompts):  # the two-stack model, one sequence at a time, no KV cache
+        seq = tok(p, add_special_tokens=False)["input_ids"]
+        out = []
+        for _ in range(6):
+            t = torch.tensor(seq + out)
+            nxt = int(model.compute_logits(model(t, torch.arange(len(t)))[-1:]).argmax(-1))
+            out.append(nxt)
+            if nxt == tok.eos_token_id:
+                break
+        n = int(ref_mask[i].sum())
+        assert out == ref_tokens[i, :n].tolist()
+
+
+def test_class_passes_vllm_interface_checks():
+    """The checks vLLM's registry runs on a model class (interfaces_base.is_text_generation_model)."""
+    cls = TwoStackExtrapolationForCausalLM
+    init = inspect.signature(cls.__init__).parameters
+    assert "vllm_config" in init and init["vllm_config"].kind is inspect.Parameter.KEYWORD_ONLY
+    fwd = inspect.signature(cls.forward).parameters
+    assert {"input_ids", "positions", "intermediate_tensors", "inputs_embeds"} <= set(fwd)
+    for method in ("embed_input_ids", "compute_logits", "load_weights"):
+        assert callable(getattr(cls, method))
+    assert issubclass(cls, torch.nn.Module)
+
+
+def test_module_imports_without_vllm(monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm -> ImportError
+    import importlib
+
+    import rlvr_nb.vllm_extrapolation as ve
+
+    importlib.reload(ve)
+    with pytest.raises(ImportError):
+        ve.register()
+
+
+# ----------------------------------------------------------------------------------------------------
+# The sampling backend, with a fake vllm module
+
+
+class FakeSamplingParams:
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+class FakeLLM:
+    """Answers an addition prompt `abc+def=` with the reversed sum and EOS (the right answer), n times."""
+
+    instances: list = []
+
+    def __init__(self, **kw):
+        self.kw = kw
+        self.calls = 0
+        self.shut = False
+        self.llm_engine = types.SimpleNamespace(engine_core=types.SimpleNamespace(shutdown=self._shutdown))
+        FakeLLM.instances.append(self)
+
+    def _shutdown(self):
+        self.shut = True
+
+    def generate(self, prompts, params, use_tqdm=True):
+        self.calls += 1
+        tok = build_tokenizer()
+        outs = []
+        for p, sp in zip(prompts, params):
+            assert sp.stop_token_ids == [tok.eos_token_id] and sp.detokenize is False
+            text = tok.decode(p["prompt_token_ids"])
+            a, b = text.rstrip("=").split("+")
+            answer = str(int(a) + int(b)).zfill(len(a) + 1)[::-1]
+            ids = tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            outs.append(types.SimpleNamespace(outputs=[types.SimpleNamespace(token_ids=ids)] * sp.n))
+        return outs
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    FakeLLM.instances = []
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=FakeLLM, SamplingParams=FakeSamplingParams))
+    return FakeLLM
+
+
+def test_vllm_generate_plumbing(tmp_path, fake_vllm):
+    from rlvr_nb.vllm_backend import VllmEngineConfig, vllm_generate
+
+    tiny_pair(tmp_path)
+    out = vllm_generate(tmp_path / "base", ["123+989=", "001+002="], n=3, max_tokens=6, seed=5,
+                        engine=VllmEngineConfig(dtype="float32", hf_overrides={"extrapolation_alpha": 2.0}),
+                        progress=False)
+    assert out == [["2111"] * 3, ["3000"] * 3]
+    llm = fake_vllm.instances[0]
+    assert llm.kw["model"] == str((tmp_path / "base").resolve())
+    assert llm.kw["skip_tokenizer_init"] is True and llm.kw["trust_remote_code"] is False
+    assert llm.kw["dtype"] == "float32" and llm.kw["hf_overrides"] == {"extrapolation_alpha": 2.0}
+    assert llm.shut  # an engine built inside the call is shut down
+
+
+def test_vllm_policy_through_evaluate_with_cache(tmp_path, fake_vllm):
+    from rlvr_nb.evaluate import EvalConfig, evaluate
+    from rlvr_nb.tasks import AdditionTask, TaskConfig
+    from rlvr_nb.vllm_backend import VllmPolicy
+
+    tiny_pair(tmp_path)
+    problems = AdditionTask(TaskConfig(n_eval=16)).eval_problems
+    with VllmPolicy(tmp_path / "base") as policy:
+        r1 = evaluate(policy, problems, EvalConfig(k=4, max_new_tokens=6), cache_dir=tmp_path / "cache", progress=False)
+        r2 = evaluate(policy, problems, EvalConfig(k=4, max_new_tokens=6), cache_dir=tmp_path / "cache", progress=False)
+        calls = policy.llm.calls
+    assert r1.avg_at_k == 1.0 and r1.pass_at_k[1] == 1.0
+    assert r2.from_cache and calls == 1
+    assert fake_vllm.instances[0].shut
+    assert VllmPolicy(tmp_path / "base").fingerprint() != VllmPolicy(
+        tmp_path / "base", engine=__import__("rlvr_nb.vllm_backend").vllm_backend.VllmEngineConfig(dtype="bfloat16")).fingerprint()
+
+
+def test_completions_to_tensors_matches_generate_contract():
+    from rlvr_nb.vllm_backend import completions_to_tensors, token_prompts
+
+    tokens, mask = completions_to_tensors([[5, 6, 1, 7], [5], [4, 4, 4, 4, 4, 4]], 4, eos_id=1, pad_id=0)
+    assert tokens.tolist() == [[5, 6, 1, 0], [5, 0, 0, 0], [4, 4, 4, 4]]
+    assert mask.tolist() == [[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]]
+    ids = torch.tensor([[0, 0, 3, 4], [2, 3, 4, 5]])
+    assert token_prompts(ids, (ids != 0).long()) == [{"prompt_token_ids": [3, 4]}, {"prompt_token_ids": [2, 3, 4, 5]}]
+
+
+def test_backend_without_vllm_says_how_to_get_it(tmp_path, monkeypatch):
+    from rlvr_nb.vllm_backend import vllm_generate
+
+    tiny_pair(tmp_path)
+    monkeypatch.setitem(sys.modules, "vllm", None)
+    with pytest.raises(ImportError, match="environment.yml"):
+        vllm_generate(tmp_path / "base", ["1+1="])
+
+
+# ----------------------------------------------------------------------------------------------------
+# On a GPU with vLLM installed (skipped elsewhere): the real engine against the CPU sampler
+
+
+def _gpu_vllm() -> bool:
+    import importlib.util
+
+    return torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _gpu_vllm(), reason="needs a CUDA GPU and vllm (environment.yml)")
+@pytest.mark.parametrize("two_stack", [False, True])
+def test_vllm_engine_matches_the_cpu_sampler(tmp_path, two_stack):
+    """Greedy tokens equal the CPU sampler's, and vLLM's log-probs of them equal log_softmax of the CPU
+    (mixed) logits: the same distribution, sampled by vLLM's own sampler."""
+    from rlvr_nb.vllm_backend import VllmEngineConfig, close_engine, import_vllm, open_engine
+
+    alpha = 1.5
+    tok, base, second = tiny_pair(tmp_path)
+    models = [base, second] if two_stack else [base]
+    mix = (lambda ls: mix_logits(ls[0], ls[1], alpha)) if two_stack else None
+    model_dir = (write_two_stack_checkpoint(tmp_path / "base", tmp_path / "second", tmp_path / "two", alpha)
+                 if two_stack else tmp_path / "base")
+    prompts = ["123+456=", "999+001=", "500+500=", "042+377="]
+    ids, mask = encode_prompts(tok, prompts)
+    ref, ref_mask = generate(models, ids, mask, max_new_tokens=6, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
+                             temperature=0.0, mix=mix)
+    vllm = import_vllm()
+    llm = open_engine(model_dir, VllmEngineConfig(dtype="float32", enforce_eager=True, gpu_memory_utilization=0.3,
+                                                  max_model_len=64))
+    try:
+        params = vllm.SamplingParams(temperature=0.0, max_tokens=6, stop_token_ids=[tok.eos_token_id],
+                                     detokenize=False, logprobs=1)
+        outs = llm.generate([{"prompt_token_ids": tok(p, add_special_tokens=False)["input_ids"]} for p in prompts],
+                            params, use_tqdm=False)
+    finally:
+        close_engine(llm)
+    for i, (p, o) in enumerate(zip(prompts, outs)):
+        got = list(o.outputs[0].token_ids)
+        assert got == ref[i, : int(ref_mask[i].sum())].tolist()
+        seq = tok(p, add_special_tokens=False)["input_ids"] + got
+        with torch.no_grad():
+            ls = [m(torch.tensor([seq])).logits[0].float() for m in models]
+        logits = mix(ls) if two_stack else ls[0]
+        logp = torch.log_softmax(logits, -1)
+        n = len(tok(p, add_special_tokens=False)["input_ids"])
+        for j, t in enumerate(got):
+            assert o.outputs[0].logprobs[j][t].logprob == pytest.approx(float(logp[n - 1 + j, t]), abs=2e-3)
