@@ -12,6 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet --no-deps verl==0.9.1  # only its packaged config, for the override-key test
 	$(PY) -m ipykernel install --user --name $(KERNEL) --display-name "Python (rlvr-nb)" >/dev/null
 	touch $@
 
@@ -31,7 +32,7 @@ bench: setup
 
 # Re-write every .ipynb from its .py (the .py is the source of truth).
 sync: setup
-	$(VENV)/bin/jupytext --update --to ipynb notebooks/[0-9]*.py
+	$(VENV)/bin/jupytext --to ipynb notebooks/[0-9]*.py
 
 clean:
 	rm -rf $(VENV) runs papermill_runs/smoke

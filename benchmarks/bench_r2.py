@@ -88,13 +88,38 @@ def worker_ours(root: Path, drift: bool) -> dict:
     chunk_stats(np.zeros((3, 8), np.uint16), np.arange(3.0), ChunkAccumulator(3), min_range=0, min_distinct=4,
                 threshold=0.7, gram=True)  # load the compiled kernel (compiled once, then cached on disk)
     rss_before = peak_rss_bytes()
+    cpu0 = cpu_seconds()
     t = time.perf_counter()
     traj = load_trajectory([(s, root / f"step_{s}") for s in STEPS], progress=False)
     res = weight_linearity(traj, LinearityConfig(drift=drift), progress=False)
     seconds = time.perf_counter() - t
-    return {"seconds": seconds, "analysed": res.overall.total, "median": res.overall.median,
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds() - cpu0, "analysed": res.overall.total, "median": res.overall.median,
             "frac_above": res.overall.frac_above, "kept": res.overall.count,
             "rss_bytes": peak_rss_bytes(), "rss_after_imports": rss_before}
+
+
+def worker_read(root: Path) -> dict:
+    """Only the reads our engine does (every byte, chunk by chunk across the checkpoints), no statistics."""
+    from rlvr_nb.linearity import LinearityConfig
+    from rlvr_nb.trajectory import load_trajectory
+
+    rss_before = peak_rss_bytes()
+    cpu0 = cpu_seconds()
+    t = time.perf_counter()
+    traj = load_trajectory([(s, root / f"step_{s}") for s in STEPS], progress=False)
+    chunk = LinearityConfig().chunk_elems
+    for name, info in traj.tensors.items():
+        for start in range(0, info.numel, chunk):
+            traj.read(name, start, min(start + chunk, info.numel))
+    return {"seconds": time.perf_counter() - t, "analysed": traj.n_params, "median": math.nan,
+            "frac_above": math.nan, "kept": 0, "cpu_seconds": cpu_seconds() - cpu0, "rss_bytes": peak_rss_bytes(),
+            "rss_after_imports": rss_before}
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process so far, all threads."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def worker_paper(root: Path, fraction: float = 1e-3, min_samples: int = 50) -> dict:
@@ -103,6 +128,7 @@ def worker_paper(root: Path, fraction: float = 1e-3, min_samples: int = 50) -> d
     from safetensors.torch import load_file
 
     rss_before = peak_rss_bytes()
+    cpu0 = cpu_seconds()
     t = time.perf_counter()
     rng = np.random.default_rng(0)
     samples: dict[str, list[np.ndarray]] = {}
@@ -131,7 +157,8 @@ def worker_paper(root: Path, fraction: float = 1e-3, min_samples: int = 50) -> d
             r2s.append(1 - (resid @ resid) / ((w - w.mean()) @ (w - w.mean())))
     seconds = time.perf_counter() - t
     r2s = np.array(r2s)
-    return {"seconds": seconds, "analysed": analysed, "median": float(np.median(r2s)),
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds() - cpu0, "analysed": analysed,
+            "median": float(np.median(r2s)),
             "frac_above": float((r2s > 0.7).mean()), "kept": int(r2s.size),
             "rss_bytes": peak_rss_bytes(), "rss_after_imports": rss_before}
 
@@ -158,12 +185,17 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--intermediate", type=int, default=1408)
     p.add_argument("--vocab", type=int, default=32000)
-    p.add_argument("--worker", choices=["ours", "ours_nodrift", "paper"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=["ours", "ours_nodrift", "paper", "read"], help=argparse.SUPPRESS)
     p.add_argument("--root", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         root = Path(args.root)
-        res = worker_paper(root) if args.worker == "paper" else worker_ours(root, drift=args.worker == "ours")
+        if args.worker == "paper":
+            res = worker_paper(root)
+        elif args.worker == "read":
+            res = worker_read(root)
+        else:
+            res = worker_ours(root, drift=args.worker == "ours")
         print(json.dumps(res))
         return
 
@@ -178,6 +210,7 @@ def main() -> None:
         bw = memcpy_bandwidth()
         memcpy_s = n_bytes / bw
         rows = {"ours": run_worker("ours", root), "ours, no drift spectrum": run_worker("ours_nodrift", root),
+                "ours, reads only (no stats)": run_worker("read", root),
                 "paper's method (0.1% sample)": run_worker("paper", root)}
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -189,13 +222,13 @@ def main() -> None:
           f"({n_bytes / 2**30:.2f} GiB read per pass; fabricated in {fab_s:.0f} s)")
     print(f"machine: {os.cpu_count()} CPU cores, load average {load:.1f}; numpy memory copy {bw / 1e9:.2f} GB/s "
           f"-> {memcpy_s:.2f} s to copy the same bytes ({n_params / memcpy_s / 1e6:.0f}M params/s)\n")
-    head = f"{'method':<30} {'params analysed':>16} {'seconds':>8} {'M params/s':>11} {'vs memcpy':>10} " \
+    head = f"{'method':<30} {'params analysed':>16} {'seconds':>8} {'CPU s':>7} {'M params/s':>11} {'vs memcpy':>10} " \
            f"{'vs paper':>9} {'peak RSS':>10} {'median R2':>10} {'>0.7':>6}"
     print(head)
     print("-" * len(head))
     for name, r in rows.items():
         rate = r["analysed"] / r["seconds"]
-        print(f"{name:<30} {r['analysed']:>16,} {r['seconds']:>8.2f} {rate / 1e6:>11.3f} "
+        print(f"{name:<30} {r['analysed']:>16,} {r['seconds']:>8.2f} {r['cpu_seconds']:>7.2f} {rate / 1e6:>11.3f} "
               f"{rate / (n_params / memcpy_s):>9.1%} {rate / paper_rate:>8.0f}x {r['rss_bytes'] / 2**30:>8.2f} GiB "
               f"{r['median']:>10.3f} {r['frac_above']:>6.2f}")
     print(f"\n(peak RSS includes the interpreter and imports: "

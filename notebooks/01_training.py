@@ -39,21 +39,22 @@ ckpt_every = None  # steps between checkpoints (cpu 50)
 seed = None  # seed of problems, rollouts and SFT batches (cpu 0)
 model_path = None  # gpu profile: HF model directory to train with verl
 data_path = None  # gpu profile: JSONL/parquet with question/answer columns
+n_gpus = None  # gpu profile: GPUs for verl
 
 # %%
 from rlvr_nb import profiles
 from rlvr_nb.curves import accuracy_table, plot_training
-from rlvr_nb.embedded import EmbeddedConfig, ensure_rl_run, ensure_sft_run, ensure_warm_start
+from rlvr_nb.embedded import ensure_rl_run, ensure_sft_run, ensure_warm_start
 from rlvr_nb.figures import save_figure
 from rlvr_nb.models import load_model, n_params
 from rlvr_nb.report import markdown_table
 from rlvr_nb.tasks import AdditionTask
 
-P = profiles.resolve("01_training", profile, seed=seed, model_path=model_path, data_path=data_path)
+P = profiles.resolve("01_training", profile, seed=seed, model_path=model_path, data_path=data_path, n_gpus=n_gpus)
 rl = profiles.rl_config(profile, steps=steps, lr=lr, prompts_per_step=prompts_per_step, group_size=group_size,
                         adv_estimator=adv_estimator, ckpt_every=ckpt_every, seed=P.seed)
 sft = profiles.sft_config(profile, steps=rl.steps, lr=rl.lr, ckpt_every=rl.ckpt_every, seed=P.seed)
-emb = EmbeddedConfig()
+emb = profiles.embedded_config(profile)
 rl
 
 # %% [markdown]
@@ -63,7 +64,7 @@ rl
 
 # %%
 task = AdditionTask(emb.task)
-markdown_table([{"prompt": p.prompt, "answer (reversed)": p.answer, "a+b": int(p.prompt[:3]) + int(p.prompt[4:7])}
+markdown_table([{"prompt": p.prompt, "answer (reversed)": p.answer, "a + b": sum(map(int, p.prompt[:-1].split("+")))}
                 for p in task.eval_problems[:4]])
 
 # %% [markdown]

@@ -17,6 +17,7 @@ from typing import Sequence
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "linearity": ("rlvr_nb.cli:linearity_main", "R^2 of every weight (and of probe log-probs) of a run"),
+    "watch": ("rlvr_nb.monitor:main", "follow a run in progress: running R^2, drift stability, horizon"),
 }
 """subcommand -> ("module:function" taking argv, one-line description)."""
 

@@ -340,62 +340,72 @@ def weight_linearity(
     if save_r2 is not None and cfg.sample_fraction is not None:
         raise ValueError("save_r2 needs every parameter; it cannot be combined with sample_fraction")
     steps = np.asarray(traj.steps, np.float64)  # [T]
-    T = len(steps)
     rng = np.random.default_rng(cfg.seed)
-    acc = ChunkAccumulator(T)
     analysed = {n: i for n, i in traj.tensors.items() if i.is_float and i.numel > 0}
-    skipped = [n for n in traj.tensors if n not in analysed]
+    acc = ChunkAccumulator(len(steps))
     writer = R2Writer(save_r2, {n: i.shape for n, i in analysed.items()}) if save_r2 is not None else None
     per_tensor: dict[str, R2Summary] = {}
-    reservoir: list[Example] = []
+    pool: list[Example] = []
     t0 = time.perf_counter()
     bar = tqdm(total=sum(i.numel for i in analysed.values()), desc="weight R^2", unit="param", unit_scale=True,
                disable=not progress)
-    with ThreadPoolExecutor(max_workers=1) as reader:  # reads the next chunk while this one is computed
-        for name, info in analysed.items():
-            bar.set_postfix_str(name[-40:], refresh=False)
-            idx = sample_indices(name, info.numel, cfg)
-            spans = chunk_spans(info.numel, idx, cfg.chunk_elems)
-            pending = reader.submit(traj.read, name, *spans[0][:2])
-            kept_r2: list[np.ndarray] = []
-            for k, (start, stop, cols) in enumerate(spans):
-                raw = pending.result()  # [T, stop - start]
-                if k + 1 < len(spans):
-                    pending = reader.submit(traj.read, name, *spans[k + 1][:2])
-                values = raw if cols is None else np.ascontiguousarray(raw[:, cols])
-                bits = kernel_bits(values)
-                r2, slope = chunk_stats(bits, steps, acc, min_range=cfg.min_range, min_distinct=cfg.min_distinct,
-                                        threshold=cfg.threshold, gram=cfg.drift)
-                if acc.acc[:, 3].sum() > 0:
-                    raise_nonfinite(traj, name, ~np.isfinite(as_float(values)))
-                if writer is not None:
-                    writer.write(r2)
-                if info.numel <= EXACT_MEDIAN_MAX:
-                    kept_r2.append(r2[np.isfinite(r2)])
-                keep_examples(reservoir, name, values, r2, slope, start, cols, rng)
-                bar.update(stop - start)
-            hist, a = acc.take_counts()
-            exact = np.concatenate(kept_r2) if info.numel <= EXACT_MEDIAN_MAX else None
-            per_tensor[name] = summary_from_counts(hist, info.numel if idx is None else idx.size, a[1], int(a[2]), exact)
-    bar.close()
-    if writer is not None:
-        writer.close()
-    groups: dict[tuple[str, int], list[R2Summary]] = {}
-    for name, s in per_tensor.items():
-        groups.setdefault(module_and_layer(name), []).append(s)
-    per_module_layer = {k: merge_summaries(v) for k, v in sorted(groups.items())}
-    modules: dict[str, list[R2Summary]] = {}
-    for (m, _), s in per_module_layer.items():
-        modules.setdefault(m, []).append(s)
+    try:
+        with ThreadPoolExecutor(max_workers=1) as reader:  # reads the next chunk while this one is computed
+            for name in analysed:
+                bar.set_postfix_str(name[-40:], refresh=False)
+                per_tensor[name] = tensor_pass(traj, name, cfg, steps, acc, reader, writer, pool, rng, bar)
+    finally:
+        bar.close()
+        acc.close()
+        if writer is not None:
+            writer.close()
+    per_module_layer = {k: merge_summaries(v) for k, v in sorted(group_by(per_tensor, module_and_layer).items())}
+    per_module = {k: merge_summaries(v) for k, v in sorted(group_by(per_module_layer, lambda ml: ml[0]).items())}
     return WeightLinearity(
-        steps=list(traj.steps), config=cfg,
-        overall=merge_summaries(list(per_tensor.values())),
-        per_tensor=per_tensor, per_module_layer=per_module_layer,
-        per_module={m: merge_summaries(v) for m, v in sorted(modules.items())},
-        examples=choose_examples(reservoir, cfg.n_examples),
+        steps=list(traj.steps), config=cfg, overall=merge_summaries(list(per_tensor.values())),
+        per_tensor=per_tensor, per_module_layer=per_module_layer, per_module=per_module,
+        examples=choose_examples(pool, cfg.n_examples),
         drift=drift_spectrum(acc.gram_matrix()) if cfg.drift else None,
-        n_params=traj.n_params, seconds=time.perf_counter() - t0, skipped=skipped,
+        n_params=traj.n_params, seconds=time.perf_counter() - t0,
+        skipped=[n for n in traj.tensors if n not in analysed],
     )
+
+
+def tensor_pass(traj: Trajectory, name: str, cfg: LinearityConfig, steps: np.ndarray, acc: ChunkAccumulator,
+                reader: ThreadPoolExecutor, writer: "R2Writer | None", pool: list[Example],
+                rng: np.random.Generator, bar) -> R2Summary:
+    """One tensor, chunk by chunk: R^2 of its entries (all or sampled), its summary, a few examples."""
+    info = traj.tensors[name]
+    idx = sample_indices(name, info.numel, cfg)
+    spans = chunk_spans(info.numel, idx, cfg.chunk_elems)
+    pending = reader.submit(traj.read, name, *spans[0][:2])
+    kept_r2: list[np.ndarray] = []
+    for k, (start, stop, cols) in enumerate(spans):
+        raw = pending.result()  # [T, stop - start]
+        if k + 1 < len(spans):
+            pending = reader.submit(traj.read, name, *spans[k + 1][:2])
+        values = raw if cols is None else np.ascontiguousarray(raw[:, cols])  # [T, n]
+        r2, slope = chunk_stats(kernel_bits(values), steps, acc, min_range=cfg.min_range,
+                                min_distinct=cfg.min_distinct, threshold=cfg.threshold, gram=cfg.drift)  # [n]
+        if acc.acc[:, 3].sum() > 0:
+            raise_nonfinite(traj, name, ~np.isfinite(as_float(values)))
+        if writer is not None:
+            writer.write(r2)
+        if info.numel <= EXACT_MEDIAN_MAX:
+            kept_r2.append(r2[np.isfinite(r2)])
+        keep_examples(pool, name, values, r2, slope, start, cols, rng)
+        bar.update(stop - start)
+    hist, a = acc.take_counts()
+    exact = np.concatenate(kept_r2) if info.numel <= EXACT_MEDIAN_MAX else None
+    return summary_from_counts(hist, info.numel if idx is None else idx.size, a[1], int(a[2]), exact)
+
+
+def group_by(summaries: dict, key) -> dict:
+    """{key(name): [summaries]} of a dict of summaries."""
+    groups: dict = {}
+    for name, s in summaries.items():
+        groups.setdefault(key(name), []).append(s)
+    return groups
 
 
 def chunk_spans(numel: int, idx: np.ndarray | None, chunk_elems: int) -> list[tuple[int, int, np.ndarray | None]]:

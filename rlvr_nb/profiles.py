@@ -14,8 +14,10 @@ from __future__ import annotations
 from dataclasses import fields, replace
 from types import SimpleNamespace
 
+from .embedded import EmbeddedConfig
 from .grpo import RLConfig
 from .sft import SFTConfig
+from .tasks import TaskConfig
 
 PROFILES = ("smoke", "cpu", "gpu")
 
@@ -28,6 +30,13 @@ NOTEBOOKS = (
     "05_extrapolation",
     "06_rl_extra",
 )
+
+# The embedded default per profile: smoke uses 2-digit addition, whose warm start takes seconds.
+EMBEDDED: dict[str, EmbeddedConfig] = {
+    "smoke": EmbeddedConfig(task=TaskConfig(digits=2, n_eval=128)),
+    "cpu": EmbeddedConfig(),
+    "gpu": EmbeddedConfig(),
+}
 
 # The embedded RL trajectory per profile (01 trains it; 02-06 read it). GRPO, 32 prompts x 16 rollouts,
 # AdamW, clip 0.2/0.28, token-mean loss, no KL: the paper's recipe at tiny scale.
@@ -46,7 +55,23 @@ PARAMS: dict[str, dict[str, dict]] = {
         "cpu": {"seed": 0},
         "gpu": {"seed": 0, "model_path": "", "data_path": "", "n_gpus": 1},
     },
+    # 02_weight_linearity: (owned by the 02/03 notebook author)
+    "02_weight_linearity": {p: {} for p in PROFILES},
+    # 03_logprob_linearity: (owned by the 02/03 notebook author)
+    "03_logprob_linearity": {p: {} for p in PROFILES},
+    # 04_lowpass_theory: (owned by the 04 notebook author)
+    "04_lowpass_theory": {p: {} for p in PROFILES},
+    # 05_extrapolation: (owned by the 05 notebook author)
+    "05_extrapolation": {p: {} for p in PROFILES},
+    # 06_rl_extra: (owned by the 06 notebook author)
+    "06_rl_extra": {p: {} for p in PROFILES},
 }
+
+
+def embedded_config(profile: str) -> EmbeddedConfig:
+    """The tiny model, task and warm start of the embedded default at this profile."""
+    check_profile(profile)
+    return EMBEDDED[profile]
 
 
 def rl_config(profile: str, **overrides) -> RLConfig:

@@ -8,8 +8,10 @@ the same closed form as `linearity.r2_against_steps`), the paper's filters (rang
 trajectory (for the drift spectrum). Accumulation is float64 except the Gram matrix, which is summed in
 float32 within a block of at most `BLOCK` columns and in float64 across blocks.
 
-Written with numba because a dozen separate numpy passes over the chunk run at ~2% of the machine's
-memory bandwidth; fused, the chunk stays in the L1/L2 cache while every statistic is computed from it.
+Written with numba because the same statistics as a dozen separate numpy/torch passes over the chunk
+are several times slower: fused, each block of T x 512 values stays in the L1/L2 cache while every
+statistic is computed from it. The columns of a chunk are split between threads (the kernel releases
+the GIL). benchmarks/bench_r2.py measures it.
 
 Counting distinct values without sorting: floats are compared through an integer key with the same
 order (flip the low 31 bits of negative floats), and with lo_1 < lo_2 < ... the smallest distinct keys
@@ -28,9 +30,9 @@ from numba import njit
 BLOCK = 512
 """Columns per cache-resident block (T x BLOCK float32 stays in L1/L2)."""
 HIST_BINS = 10_000
-"""Bins of the R^2 histogram on [0, 1]: medians read from it are exact to 1e-4."""
+"""Bins of the R^2 histogram on [0, 1]: with many values, medians read from it are within ~1e-4."""
 N_ACC = 4
-"""Per-thread scalar accumulators: kept count, sum of R^2, count above threshold, non-finite values."""
+"""Per-thread scalar accumulators: kept count, sum of R^2, count above threshold, columns with NaN/Inf."""
 
 
 @njit(inline="always")
@@ -40,12 +42,12 @@ def _key(u):
     return k if k != -1 else 0
 
 
-@njit(fastmath=True)
+@njit(fastmath={"reassoc", "contract", "arcp", "nsz"})  # not nnan / ninf: NaN marks excluded entries
 def _block(bits, wide, j0, m, tc, stt, min_range, lo_rank, hi_rank, threshold, do_gram,
            u, key, kmin, kmax, lo, hi, plo, phi, s1, s2, st, vmin, vmax, r2_out, slope_out, hist, acc, gram):
     T = bits.shape[0]
     nbins = hist.shape[0]
-    # 1. float32 bit patterns (bf16 is the top half of a float32) and non-finite check
+    # 1. float32 bit patterns (bf16 is the top half of a float32)
     if wide:  # float32: two little-endian uint16 halves per value
         for t in range(T):
             for j in range(m):
@@ -54,22 +56,16 @@ def _block(bits, wide, j0, m, tc, stt, min_range, lo_rank, hi_rank, threshold, d
         for t in range(T):
             for j in range(m):
                 u[t, j] = np.int32(bits[t, j0 + j]) << 16
-    nonfinite = 0
-    for t in range(T):
-        for j in range(m):
-            nonfinite += (u[t, j] & 0x7F800000) == 0x7F800000
-    acc[3] += nonfinite
-    # 2. order keys, min and max
-    for t in range(T):
-        for j in range(m):
-            key[t, j] = _key(u[t, j])
+    # 2. order keys, min and max, in one pass
     for j in range(m):
-        kmin[j] = key[0, j]
-        kmax[j] = key[0, j]
-    for t in range(1, T):
+        kmin[j] = 0x7F800001
+        kmax[j] = -0x7F800001
+    for t in range(T):
         for j in range(m):
-            kmin[j] = min(kmin[j], key[t, j])
-            kmax[j] = max(kmax[j], key[t, j])
+            k = _key(u[t, j])
+            key[t, j] = k
+            kmin[j] = min(kmin[j], k)
+            kmax[j] = max(kmax[j], k)
     # 3. peel distinct values from both ends: lo = lo_a (a-th smallest), hi = hi_b (b-th largest)
     for j in range(m):
         lo[j] = kmin[j]
@@ -91,12 +87,16 @@ def _block(bits, wide, j0, m, tc, stt, min_range, lo_rank, hi_rank, threshold, d
                 for j in range(m):
                     x = key[t, j]
                     hi[j] = max(hi[j], x if x < phi[j] else -0x7F800001)
-    # back to float values of the extremes (the key map is its own inverse)
+    # columns holding a NaN or Inf (keys at or beyond those of -inf and +inf), then the float values of
+    # the extremes (the key map is its own inverse)
+    nonfinite = 0
     for j in range(m):
         a = kmin[j]
         b = kmax[j]
+        nonfinite += (a <= -0x7F800001) | (b >= 0x7F800000)
         kmin[j] = a ^ ((a >> 31) & 0x7FFFFFFF)
         kmax[j] = b ^ ((b >> 31) & 0x7FFFFFFF)
+    acc[3] += nonfinite
     vmin[:m] = kmin[:m].view(np.float32)
     vmax[:m] = kmax[:m].view(np.float32)
     # 4. float64 sums of d_t = w_t - w_0: sum d, sum d^2, sum (t - mean t) d
@@ -193,11 +193,16 @@ class ChunkAccumulator:
 
     def __init__(self, T: int, n_bins: int = HIST_BINS, n_threads: int | None = None):
         self.T = T
-        self.n_threads = n_threads or min(os.cpu_count() or 1, 8)
+        self.n_threads = n_threads or min(available_cpus(), 8)
         self.pool = ThreadPoolExecutor(self.n_threads) if self.n_threads > 1 else None
         self.hist = np.zeros((self.n_threads, n_bins), np.int64)  # [threads, bins]
         self.acc = np.zeros((self.n_threads, N_ACC), np.float64)  # [threads, 4]
         self.gram = np.zeros((self.n_threads, T + T % 2, T + T % 2), np.float64)  # [threads, T', T'], lower triangle
+
+    def close(self) -> None:
+        """Stop the worker threads."""
+        if self.pool is not None:
+            self.pool.shutdown()
 
     def take_counts(self) -> tuple[np.ndarray, np.ndarray]:
         """(histogram [bins], accumulators [4]) summed over threads since the last call, then reset."""
@@ -210,6 +215,11 @@ class ChunkAccumulator:
         """The full symmetric T x T Gram matrix sum_p d_p d_p^T accumulated so far."""
         g = self.gram.sum(0)[:self.T, :self.T]
         return np.tril(g) + np.tril(g, -1).T
+
+
+def available_cpus() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def distinct_ranks(min_distinct: int) -> tuple[int, int]:

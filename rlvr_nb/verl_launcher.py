@@ -679,7 +679,7 @@ def _parser() -> argparse.ArgumentParser:
             kind = type(default) if default is not None else (float if f.name.startswith("clip") else
                                                               int if f.name == "max_tokens_per_gpu" else str)
             p.add_argument(f"--{f.name}", type=kind, default=default)
-    p.add_argument("--dry-run", action="store_true", help="prepare the run directory and print the command")
+    p.add_argument("--dry-run", "--dry_run", action="store_true", help="prepare the run directory and print the command")
     return p
 
 

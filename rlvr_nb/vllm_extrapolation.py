@@ -29,7 +29,6 @@ that build the stacks.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -178,8 +177,8 @@ class TwoStackExtrapolationForCausalLM(torch.nn.Module):
         hf = vllm_config.model_config.hf_config
         inner_arch = getattr(hf, "extrapolation_inner_architecture", None)
         if inner_arch is None:
-            raise ValueError(f"config has no extrapolation_inner_architecture; write the model directory "
-                             f"with rlvr_nb.vllm_extrapolation.write_two_stack_checkpoint")
+            raise ValueError("config has no extrapolation_inner_architecture; write the model directory "
+                             "with rlvr_nb.vllm_extrapolation.write_two_stack_checkpoint")
         inner_cls, _ = ModelRegistry.resolve_model_cls([inner_arch], vllm_config.model_config)
         stacks = []
         for name in STACKS:
