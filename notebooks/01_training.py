@@ -27,6 +27,10 @@
 #
 # With the same budget and checkpoint spacing we also train the **SFT trajectory** (supervised on correct
 # answers, one sequence per RL prompt, same learning rate) that every later figure puts beside RL.
+#
+# At the `gpu` profile the same config drives verl (`rlvr_nb.verl_launcher`) on `model_path` and
+# `data_path`, and its checkpoints are ingested into the same `checkpoints/step_N/` layout; bring your own
+# SFT run for the comparison there (02 takes any run directory).
 
 # %% tags=["parameters"]
 profile = "cpu"  # smoke | cpu | gpu
@@ -82,13 +86,22 @@ print(f"warm start: {init_dir}  ({n_params(load_model(init_dir)):,} parameters)"
 # them, and an interrupted run resumes from its last complete checkpoint.
 
 # %%
-rl_run = ensure_rl_run(rl, emb)
-sft_run = ensure_sft_run(sft, emb)
-print("RL run: ", rl_run)
-print("SFT run:", sft_run)
+if profile == "gpu":  # a real model trained by verl (see README, "GPU server"); checkpoints in the same layout
+    from rlvr_nb.embedded import config_hash, runs_root
+    from rlvr_nb.verl_launcher import from_rl_config, run_verl
+
+    out = runs_root() / f"verl-{config_hash(rl, P.model_path, P.data_path)}"
+    rl_run = run_verl(from_rl_config(rl, P.model_path, out, P.data_path or None, P.n_gpus)).files.root
+    runs = {"RL (GRPO, verl)": rl_run}
+else:
+    rl_run = ensure_rl_run(rl, emb)
+    sft_run = ensure_sft_run(sft, emb)
+    runs = {"RL (GRPO)": rl_run, "SFT": sft_run}
+for label, run in runs.items():
+    print(f"{label:>8}: {run}")
 
 # %%
-fig = plot_training({"RL (GRPO)": rl_run, "SFT": sft_run}, window=max(1, rl.steps // 50))
+fig = plot_training(runs, window=max(1, rl.steps // 50))
 save_figure(fig, "01_training_curves")
 
 # %% [markdown]
@@ -98,4 +111,4 @@ save_figure(fig, "01_training_curves")
 # end rather than saturated, which is what keeps RL in the linear regime (see 02).
 
 # %%
-markdown_table(accuracy_table({"RL (GRPO)": rl_run, "SFT": sft_run}))
+markdown_table(accuracy_table(runs))

@@ -395,6 +395,7 @@ def tensor_pass(traj: Trajectory, name: str, cfg: LinearityConfig, steps: np.nda
             kept_r2.append(r2[np.isfinite(r2)])
         keep_examples(pool, name, values, r2, slope, start, cols, rng)
         bar.update(stop - start)
+    bar.update(info.numel - sum(stop - start for start, stop, _ in spans))  # entries not sampled
     hist, a = acc.take_counts()
     exact = np.concatenate(kept_r2) if info.numel <= EXACT_MEDIAN_MAX else None
     return summary_from_counts(hist, info.numel if idx is None else idx.size, a[1], int(a[2]), exact)

@@ -692,3 +692,15 @@ def main(argv: Sequence[str] | None = None) -> VerlRun:
 
 if __name__ == "__main__":
     main()
+
+
+def from_rl_config(rl, model_path: str | Path, output_dir: str | Path, train_data: str | None = None,
+                   n_gpus: int = 1) -> VerlRunConfig:
+    """The verl run equivalent to one of our `RLConfig`s (the `gpu` profile of 01 and 06): same estimator,
+    learning rate, batch, group size, clips, loss aggregation, steps, checkpoint spacing and seed."""
+    return VerlRunConfig(
+        model_path=str(model_path), output_dir=str(output_dir), train_data=train_data or EMBEDDED,
+        adv_estimator=rl.adv_estimator, lr=rl.lr, weight_decay=rl.weight_decay, grad_clip=rl.grad_clip,
+        prompts_per_step=rl.prompts_per_step, group_size=rl.group_size, temperature=rl.temperature,
+        max_response_length=rl.max_new_tokens, steps=rl.steps, ckpt_every=rl.ckpt_every,
+        clip_low=rl.clip_low, clip_high=rl.clip_high, loss_agg=rl.loss_agg, n_gpus=n_gpus, seed=rl.seed)

@@ -102,6 +102,15 @@ def test_perfectly_linear_and_constant_trajectories(tmp_path):
     json.dumps(row, allow_nan=False)  # nothing NaN anywhere in the report
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_nonfinite_weight_is_named(tmp_path, bad):
+    weights = fabricated_weights(UNEVEN)
+    weights[4]["model.layers.1.mlp.down_proj.weight"][3, 5] = bad
+    pairs = [(s, write_hf_dir(tmp_path / f"c{s}", w)) for s, w in zip(UNEVEN, weights)]
+    with pytest.raises(ValueError, match=r"non-finite .* model\.layers\.1\.mlp\.down_proj\.weight .* step 210"):
+        weight_linearity(load_trajectory(pairs, progress=False), progress=False)
+
+
 @pytest.mark.parametrize("min_distinct", [0, 2, 3, 5, 7])
 def test_distinct_value_filter_for_any_count(min_distinct):
     rng = np.random.default_rng(1)
