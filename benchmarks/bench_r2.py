@@ -6,7 +6,7 @@ against the paper's original method, on a fabricated trajectory of 14 bf16 check
 
 Prints one table. Goals (issue 4): ours >= 50% of memory-copy bandwidth for the same bytes, peak RSS
 < 2 GiB, >= 100x the paper's method in parameters per second. Each method runs in its own subprocess so
-that its peak RSS (getrusage ru_maxrss, which includes the interpreter, torch and numba) is its own.
+that its peak RSS (VmHWM, which includes the interpreter, torch and numba) is its own.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ STEPS = [100 * i for i in range(T)]
 def qwen2_like_shapes(hidden: int, layers: int, intermediate: int, vocab: int, kv_heads_frac: int = 1) -> dict:
     """Tensor names and shapes of a Qwen2ForCausalLM (untied embeddings)."""
     kv = hidden // kv_heads_frac
-    shapes = {"model.embed_tokens.weight": (vocab, hidden), "model.norm.weight": (hidden,), "lm_head.weight": (vocab, hidden)}
+    shapes = {"model.embed_tokens.weight": (vocab, hidden), "model.norm.weight": (hidden,),
+              "lm_head.weight": (vocab, hidden)}
     for i in range(layers):
         p = f"model.layers.{i}."
         shapes |= {p + "input_layernorm.weight": (hidden,), p + "post_attention_layernorm.weight": (hidden,),
@@ -93,7 +94,8 @@ def worker_ours(root: Path, drift: bool) -> dict:
     traj = load_trajectory([(s, root / f"step_{s}") for s in STEPS], progress=False)
     res = weight_linearity(traj, LinearityConfig(drift=drift), progress=False)
     seconds = time.perf_counter() - t
-    return {"seconds": seconds, "cpu_seconds": cpu_seconds() - cpu0, "analysed": res.overall.total, "median": res.overall.median,
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds() - cpu0, "analysed": res.overall.total,
+            "median": res.overall.median,
             "frac_above": res.overall.frac_above, "kept": res.overall.count,
             "rss_bytes": peak_rss_bytes(), "rss_after_imports": rss_before}
 
@@ -145,7 +147,7 @@ def worker_paper(root: Path, fraction: float = 1e-3, min_samples: int = 50) -> d
     steps = np.array(STEPS, np.float64)
     r2s = []
     analysed = 0
-    for name, rows in samples.items():
+    for rows in samples.values():
         values = np.stack(rows)  # [T, k]
         for j in range(values.shape[1]):
             w = values[:, j]
@@ -222,15 +224,16 @@ def main() -> None:
           f"({n_bytes / 2**30:.2f} GiB read per pass; fabricated in {fab_s:.0f} s)")
     print(f"machine: {os.cpu_count()} CPU cores, load average {load:.1f}; numpy memory copy {bw / 1e9:.2f} GB/s "
           f"-> {memcpy_s:.2f} s to copy the same bytes ({n_params / memcpy_s / 1e6:.0f}M params/s)\n")
-    head = f"{'method':<30} {'params analysed':>16} {'seconds':>8} {'CPU s':>7} {'M params/s':>11} {'vs memcpy':>10} " \
-           f"{'vs paper':>9} {'peak RSS':>10} {'median R2':>10} {'>0.7':>6}"
+    head = (f"{'method':<30} {'params analysed':>16} {'seconds':>8} {'CPU s':>7} {'M params/s':>11} "
+            f"{'per CPU s':>10} {'vs memcpy':>10} {'vs paper':>9} {'peak RSS':>10} {'median R2':>10} {'>0.7':>6}")
     print(head)
     print("-" * len(head))
     for name, r in rows.items():
         rate = r["analysed"] / r["seconds"]
+        per_cpu = r["analysed"] / max(r["cpu_seconds"], 1e-9)
         print(f"{name:<30} {r['analysed']:>16,} {r['seconds']:>8.2f} {r['cpu_seconds']:>7.2f} {rate / 1e6:>11.3f} "
-              f"{rate / (n_params / memcpy_s):>9.1%} {rate / paper_rate:>8.0f}x {r['rss_bytes'] / 2**30:>8.2f} GiB "
-              f"{r['median']:>10.3f} {r['frac_above']:>6.2f}")
+              f"{per_cpu / 1e6:>10.3f} {rate / (n_params / memcpy_s):>9.1%} {rate / paper_rate:>8.0f}x "
+              f"{r['rss_bytes'] / 2**30:>8.2f} GiB {r['median']:>10.3f} {r['frac_above']:>6.2f}")
     print(f"\n(peak RSS includes the interpreter and imports: "
           f"{rows['ours']['rss_after_imports'] / 2**30:.2f} GiB for ours after importing torch and numba, "
           f"{paper['rss_after_imports'] / 2**30:.2f} GiB for the paper's method)")

@@ -94,6 +94,7 @@ def activation_linearity(traj: Trajectory, probes: Sequence[Probe], cfg: Activat
     values, subset = activation_trajectories(traj, probes, cfg, progress)  # [T, C]
     keep = values.max(0) - values.min(0) > cfg.min_range
     layer = subset.layer
-    labels = [f"layer {l} coordinate {c}" for l, c in zip(layer, subset.flat % (subset.n_tokens * subset.hidden))]
+    within = subset.flat % (subset.n_tokens * subset.hidden)  # index inside the layer: token * hidden + dim
+    labels = [f"layer {i} coordinate {c}" for i, c in zip(layer, within)]
     return trajectory_linearity(values, traj.steps, keep, threshold=cfg.threshold, labels=labels,
-                                groups=[f"layer {l}" for l in layer], n_examples=n_examples, seed=cfg.seed)
+                                groups=[f"layer {i}" for i in layer], n_examples=n_examples, seed=cfg.seed)

@@ -146,6 +146,7 @@ def save_checkpoint(
     state: dict,
     optimizer: torch.optim.Optimizer | None = None,
     generator: torch.Generator | None = None,
+    extra_generators: dict[str, torch.Generator] | None = None,
 ) -> Path:
     """Write <run>/checkpoints/step_<step>/ atomically (temporary directory, then rename)."""
     final = checkpoint_dir(run_dir, step)
@@ -160,18 +161,24 @@ def save_checkpoint(
     if optimizer is not None:
         save_file(optimizer_tensors(optimizer), str(tmp / "optimizer.safetensors"))
     if generator is not None:
-        save_file({"generator": generator.get_state()}, str(tmp / "rng.safetensors"))
+        states = {"generator": generator.get_state(), **{k: g.get_state() for k, g in (extra_generators or {}).items()}}
+        save_file(states, str(tmp / "rng.safetensors"))
     (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **state}, indent=2, default=str))
     os.replace(tmp, final)
     return final
 
 
-def restore_training_state(path: Path, optimizer: torch.optim.Optimizer | None, generator: torch.Generator | None) -> dict:
+def restore_training_state(path: Path, optimizer: torch.optim.Optimizer | None, generator: torch.Generator | None,
+                           extra_generators: dict[str, torch.Generator] | None = None) -> dict:
     """Load optimizer and RNG state saved beside a checkpoint; returns its trainer_state.json."""
     if optimizer is not None:
         load_optimizer_tensors(optimizer, load_file(str(path / "optimizer.safetensors")))
     if generator is not None:
-        generator.set_state(load_file(str(path / "rng.safetensors"))["generator"])
+        states = load_file(str(path / "rng.safetensors"))
+        generator.set_state(states["generator"])
+        for name, g in (extra_generators or {}).items():
+            if name in states:  # absent in checkpoints written before that stream existed
+                g.set_state(states[name])
     return json.loads((path / "trainer_state.json").read_text())
 
 

@@ -262,6 +262,23 @@ def trajectory_decomposition(
     return out
 
 
+def second_order_summary(pairs: Sequence[PairChange], threshold: float = 0.05) -> dict:
+    """Finding (d) along a trajectory: the second-order share of the output change for each checkpoint pair.
+
+    Keys: pairs, max_fraction and median_fraction (all linear layers together, over the pairs),
+    worst_layer_fraction with worst_layer and worst_pair (the largest share of any one layer in any pair),
+    and holds: max_fraction < threshold (the paper's "negligible", read as under 5% of the total change).
+    """
+    if not pairs:
+        raise ValueError("need at least one checkpoint pair")
+    fracs = np.array([p.totals()["second_order_fraction"] for p in pairs], dtype=np.float64)  # [pairs]
+    worst = max(((r.second_order_fraction, r.name, (p.step0, p.step1)) for p in pairs for r in p.records
+                 if math.isfinite(r.second_order_fraction)), default=(math.nan, "", (0, 0)))
+    return {"pairs": len(pairs), "max_fraction": float(np.nanmax(fracs)), "median_fraction": float(np.nanmedian(fracs)),
+            "worst_layer_fraction": worst[0], "worst_layer": worst[1], "worst_pair": worst[2],
+            "threshold": threshold, "holds": bool(np.nanmax(fracs) < threshold)}
+
+
 # --------------------------------------------------------------------------------------------------
 # Figures
 

@@ -23,7 +23,7 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -58,9 +58,12 @@ def target_step_for(t_base: float, t_second: float, alpha: float) -> float:
 
 
 def extrapolate_tensor(w_base: torch.Tensor, w_second: torch.Tensor, alpha: float) -> torch.Tensor:
-    """PAPER.md Sec. 6, weight-space extrapolation: W = W_base + alpha (W_second - W_base), in float32."""
+    """PAPER.md Sec. 6, weight-space extrapolation: W = W_base + alpha (W_second - W_base), in float32.
+
+    Computed as W_second + (alpha - 1) (W_second - W_base), the same line, so that alpha = 1 gives
+    W_second bit for bit (and the extrapolated model at alpha = 1 samples exactly like second)."""
     w_base, w_second = w_base.float(), w_second.float()
-    return w_base + alpha * (w_second - w_base)
+    return w_second + (alpha - 1.0) * (w_second - w_base)
 
 
 def mix_logits(l_base: torch.Tensor, l_second: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -332,19 +335,37 @@ def _maybe_step(d: Path) -> int | None:
 def weight_extrapolation_accuracy(
     base_dir: str | Path, second_dir: str | Path, alphas: Sequence[float], out_root: str | Path,
     problems, cfg: EvalConfig = EvalConfig(), *, grader="exact", cache_dir: str | Path | None = None,
-    progress: bool = True,
+    progress: bool = True, make_policy: Callable[[Path], Policy] | None = None,
 ) -> dict[float, EvalResult]:
     """Evaluate weight-extrapolated models at each alpha (the points of PAPER.md Figure 5). Each model is
     written to `<out_root>/<base>-to-<second>-alpha<alpha>` and reused when it is already there, made from
-    the same base, second and alpha after their weights were last written."""
+    the same base, second and alpha after their weights were last written. alpha = 1 is second itself
+    (bit for bit, see `extrapolate_tensor`), evaluated without writing a copy.
+
+    make_policy(model_dir) builds the sampler (default: `ModelPolicy` on CPU; e.g. `VllmPolicy` on GPU);
+    a policy with a `close()` method is closed after its evaluation."""
     base, second = Path(base_dir), Path(second_dir)
     results = {}
     for a in tqdm(alphas, desc="alphas", disable=not progress):
-        out = Path(out_root) / f"{base.name}-to-{second.name}-alpha{a:g}"
-        if not _same_extrapolation(out / "extrapolation.json", base, second, a):
+        if not math.isfinite(a) or a <= 0:
+            raise ValueError(f"alpha must be a positive number, got {a}")
+        out = second if a == 1 else Path(out_root) / f"{base.name}-to-{second.name}-alpha{a:g}"
+        if a != 1 and not _same_extrapolation(out / "extrapolation.json", base, second, a):
             extrapolate_weights(base, second, out, alpha=a, overwrite=True, progress=False)
-        results[a] = evaluate(out, problems, cfg, grader=grader, cache_dir=cache_dir, progress=False)
+        results[a] = evaluate_and_close(make_policy(out) if make_policy else out, problems, cfg, grader=grader,
+                                        cache_dir=cache_dir)
     return results
+
+
+def evaluate_and_close(policy, problems, cfg: EvalConfig, *, grader="exact", cache_dir=None) -> EvalResult:
+    """`evaluate` without a progress bar, then `policy.close()` when the policy has one (a vLLM engine
+    holds its GPU memory until closed)."""
+    try:
+        return evaluate(policy, problems, cfg, grader=grader, cache_dir=cache_dir, progress=False)
+    finally:
+        close = getattr(policy, "close", None)
+        if callable(close):
+            close()
 
 
 def _same_extrapolation(note_file: Path, base: Path, second: Path, alpha: float) -> bool:
@@ -506,8 +527,8 @@ def plot_predicted_accuracy(ax, grid: AccuracyGrid, t_base: int, t_second: int, 
         if not math.isnan(acc):
             ax.plot([target], [acc], "r*", ms=14, label=f"alpha={alpha:.2f}: {acc:.3f}")
     ax.axvline(target, color="r", lw=0.8, alpha=0.5)
-    ax.set(xlabel="target step", ylabel="accuracy", title=f"weight extrapolation from t_base={t_base}")
-    ax.legend(fontsize=7)
+    ax.set(xlabel="target step", ylabel="held-out accuracy (avg@k)", title=f"weight extrapolation from t_base={t_base}")
+    ax.legend(fontsize=7, loc="best")
 
 
 def plot_logprob_shift(ax, cache: ResponseLogits, t_second: int, alpha: float) -> None:
@@ -520,6 +541,8 @@ def plot_logprob_shift(ax, cache: ResponseLogits, t_second: int, alpha: float) -
         ax.plot(xs, s1.numpy(), "o", mfc="none", mec="k", ms=4)
         ticks += xs.tolist()
         labels += [t.replace("<eos>", "eos") for t in text]
+        ax.annotate(f"{cache.prompts[i]}{cache.responses[i]}", ((xs[0] + xs[-1]) / 2, 1.0), xycoords=("data", "axes fraction"),
+                    xytext=(0, -10), textcoords="offset points", ha="center", fontsize=8, color=f"C{i % 10}")
         x0 += len(s) + 1
     ax.axhline(0, color="k", lw=0.5)
     ax.set_xticks(ticks, labels, fontsize=7, rotation=90 if len(ticks) > 40 else 0)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 
-from rlvr_nb.linearity import Example, R2Summary
+if TYPE_CHECKING:  # only for annotations: save_figure stays importable without numba
+    from rlvr_nb.linearity import Example, R2Summary
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DPI = 110
@@ -66,11 +67,11 @@ def module_layer_grid(per_module_layer: Mapping[tuple[str, int], R2Summary], sta
                       ) -> tuple[list[str], list[int], np.ndarray]:
     """(modules, layers, values [modules, layers]) of one statistic; NaN where a cell has nothing kept."""
     modules = sorted({m for m, _ in per_module_layer})
-    layers = sorted({l for _, l in per_module_layer})
+    layers = sorted({layer for _, layer in per_module_layer})
     grid = np.full((len(modules), len(layers)), np.nan)
-    for (m, l), s in per_module_layer.items():
+    for (m, layer), s in per_module_layer.items():
         if s.count:
-            grid[modules.index(m), layers.index(l)] = getattr(s, stat)
+            grid[modules.index(m), layers.index(layer)] = getattr(s, stat)
     return modules, layers, grid
 
 
@@ -81,7 +82,7 @@ def plot_module_layer_heatmap(runs: Mapping[str, Mapping[tuple[str, int], R2Summ
     for ax, (label, grid_in) in zip(axes[0], runs.items()):
         modules, layers, grid = module_layer_grid(grid_in, stat)
         im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
-        ax.set_xticks(range(len(layers)), ["-" if l < 0 else str(l) for l in layers])
+        ax.set_xticks(range(len(layers)), ["-" if layer < 0 else str(layer) for layer in layers])
         ax.set_yticks(range(len(modules)), modules, fontsize=7)
         ax.set_xlabel("layer")
         ax.set_title(f"{label}: {stat} R$^2$")
@@ -104,7 +105,9 @@ def plot_example_trajectories(examples: Sequence[Example], steps: Sequence[int],
         intercept = e.values.mean() - e.slope * t.mean()
         ax.plot(t, e.values, "o", ms=3)
         ax.plot(t, intercept + e.slope * t, "-", lw=1, color="gray")
-        label = e.name if " " in e.name else f"{e.name[-32:]}[{e.index}]"  # tensor entries get their index
+        name = e.name.removeprefix("model.")
+        name = name if len(name) <= 34 else "…" + name[-33:]
+        label = name if " " in name else f"{name}[{e.index}]"  # tensor entries get their index
         ax.set_title(f"{label}\nR$^2$ = {e.r2:.3f}", fontsize=8)
         ax.set_xlabel("step")
         ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))

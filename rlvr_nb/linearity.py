@@ -139,7 +139,8 @@ class WeightLinearity:
             "config": asdict(self.config),
             "overall": self.overall.row(),
             "per_module": {m: s.row() for m, s in self.per_module.items()},
-            "per_module_layer": [{"module": m, "layer": l, **s.row()} for (m, l), s in self.per_module_layer.items()],
+            "per_module_layer": [{"module": m, "layer": layer, **s.row()}
+                                 for (m, layer), s in self.per_module_layer.items()],
             "per_tensor": {n: s.row() for n, s in self.per_tensor.items()},
             "drift_first_direction": None if self.drift is None else round(self.drift.first, 4),
             "n_params": self.n_params,
@@ -235,7 +236,6 @@ def histogram_median(hist: np.ndarray) -> float:
 def merge_summaries(parts: list[R2Summary]) -> R2Summary:
     """One summary of the union of several (kept counts, sums and histograms add)."""
     hist = sum(p.hist for p in parts)
-    count = sum(p.count for p in parts)
     total = sum(p.total for p in parts)
     sum_r2 = sum(p.mean * p.count for p in parts if p.count)
     above = sum(p.frac_above * p.count for p in parts if p.count)

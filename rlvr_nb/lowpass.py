@@ -410,17 +410,19 @@ def theory_figure(
     adam_steps_between: int | None = 100,
     other_n_checkpoints: Sequence[int] = (5, 21),
     seed: int = 0,
+    n_points: int = 60,
 ) -> Figure:
     """Closed-form mean and median R^2 against simulated trajectories, over the per-step SNR (dB).
 
     (a) one curve pair per K at T = n_checkpoints, simulated means (o) and medians (s), and Adam
     simulations (^) at K = adam_steps_between; (b) the same against the drift-to-noise ratio
     lambda = SNR sqrt(K (T - 1)) for several T, with the ratio-of-expectations approximation (dotted).
+    n_points: theory points per curve (the exact median costs ~0.1 s a point: fewer for a quick draw).
     """
     _check_walk(n_checkpoints, min(steps_between))
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.4))
     lo_db, hi_db = snr_db_range
-    rho = np.logspace((lo_db - 1) / 20, (hi_db + 1) / 20 + math.log10(math.sqrt(max(steps_between))), 90)
+    rho = np.logspace((lo_db - 1) / 20, (hi_db + 1) / 20 + math.log10(math.sqrt(max(steps_between))), n_points)
     mean, med = _theory_curves(n_checkpoints, rho)
     steps_of = lambda K: np.arange(n_checkpoints) * K  # noqa: E731
     for i, K in enumerate(steps_between):
@@ -444,7 +446,7 @@ def theory_figure(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left")
 
-    lam = np.logspace(-2, 2, 70)
+    lam = np.logspace(-2, 2, max(8, (2 * n_points) // 3))
     for i, T in enumerate(sorted({n_checkpoints, *other_n_checkpoints})):
         m_T, med_T = _theory_curves(T, lam / math.sqrt(T - 1))
         bx.plot(lam, m_T, color=f"C{i}", label=f"T = {T}: mean")
@@ -555,14 +557,15 @@ def snr_explorer(
     n_checkpoints: int = 14,
     n_params: int = 500,
     seed: int = 0,
+    n_points: int = 45,
 ):
     """Sliders for the per-step SNR (dB) and K that redraw `explorer_figure`; or that figure, static.
 
     interactive=True returns an ipywidgets VBox (sliders with continuous_update=False, wired with
     `ipywidgets.interactive_output`); interactive=False (papermill) returns the matplotlib Figure at
-    the given values and opens no kernel comm.
+    the given values and opens no kernel comm. n_points: points of the theory curve (computed once).
     """
-    rho = np.logspace(-3, 2.5, 45)
+    rho = np.logspace(-3, 2.5, n_points)
     curve = (rho, *_theory_curves(n_checkpoints, rho))  # computed once: K only rescales the SNR axis
     if not interactive:
         return explorer_figure(snr_db, steps_between, n_checkpoints, n_params, seed, curve)

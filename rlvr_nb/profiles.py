@@ -15,7 +15,7 @@ from dataclasses import fields, replace
 from types import SimpleNamespace
 
 from .embedded import EmbeddedConfig
-from .grpo import RLConfig
+from .grpo import RLConfig, validate
 from .sft import SFTConfig
 from .tasks import TaskConfig
 
@@ -61,10 +61,37 @@ PARAMS: dict[str, dict[str, dict]] = {
     "03_logprob_linearity": {p: {} for p in PROFILES},
     # 04_lowpass_theory: (owned by the 04 notebook author)
     "04_lowpass_theory": {p: {} for p in PROFILES},
-    # 05_extrapolation: (owned by the 05 notebook author)
-    "05_extrapolation": {p: {} for p in PROFILES},
-    # 06_rl_extra: (owned by the 06 notebook author)
-    "06_rl_extra": {p: {} for p in PROFILES},
+    # 05_extrapolation: (owned by the 05 notebook author). Steps are checkpoints of the profile's RL run
+    # (smoke: 40 steps, every 10; cpu: 1000 steps, every 50). sampling: [(temperature, top_p)], the first
+    # is Figure 5's; Table 1 uses the paper's base/second/target ratio 200/1400/2000 (alpha 1.5).
+    "05_extrapolation": {
+        "smoke": {"k": 4, "n_problems": 64, "sampling": [(0.6, 0.95), (1.0, 1.0)], "t_seconds": [10, 20, 30],
+                  "alphas": [1.0, 1.5, 2.0, 3.0], "t_base_late": 10, "t_seconds_late": [20, 30],
+                  "logits_pairs": [(10, 30)], "logits_alpha": 1.5, "slider_alpha": 1.5, "n_examples": 2},
+        "cpu": {"k": 8, "n_problems": 512, "sampling": [(0.6, 0.95), (1.0, 1.0)], "t_seconds": [200, 400, 600],
+                "alphas": [1.0, 1.25, 1.5, 2.0, 2.5, 3.0], "t_base_late": 200, "t_seconds_late": [400, 600, 800],
+                "logits_pairs": [(100, 600), (150, 1000)], "logits_alpha": 1.5, "slider_alpha": 1.5, "n_examples": 3},
+        "gpu": {"k": 16, "n_problems": 500, "sampling": [(0.6, 0.95), (1.0, 1.0)], "t_seconds": [300, 600, 1400],
+                "alphas": [1.0, 1.25, 1.5, 1.75, 2.0], "t_base_late": 200, "t_seconds_late": [600, 1000, 1400],
+                "logits_pairs": [(200, 1400)], "logits_alpha": 1.5, "slider_alpha": 1.5, "n_examples": 3,
+                "run_dir": "", "eval_data": ""},
+    },
+    # 06_rl_extra: (owned by the 06 notebook author). Standard RL seed 0 is the profile's RL run (01); the
+    # other seeds run std_steps. Every re-grounding run spends `budget` real steps; settings are (m, n).
+    # target: held-out avg@k at T=1, fixed before the re-grounding runs (see the notebook for why 0.30).
+    "06_rl_extra": {
+        "smoke": {"seeds": [0], "std_steps": 40, "budget": 20, "settings": [(10, 10)], "optimizer": "keep",
+                  "reset_setting": (10, 10), "reset_seeds": [0], "r2_m": 10, "r2_checkpoints": 6, "r2_grow_at": 2.0,
+                  "r2_shrink_below": 1.0, "target": 0.3, "eval_every": 10, "eval_k": 1, "block_eval_problems": 16},
+        "cpu": {"seeds": [0, 1, 2], "std_steps": 400, "budget": 200, "settings": [(50, 50), (50, 100), (10, 50), (100, 100)],
+                "optimizer": "keep", "reset_setting": (50, 50), "reset_seeds": [0, 1, 2], "r2_m": 50, "r2_checkpoints": 6,
+                "r2_grow_at": 2.0, "r2_shrink_below": 1.0, "target": 0.30, "eval_every": 50, "eval_k": 4,
+                "block_eval_problems": 64},
+        "gpu": {"seeds": [0], "std_steps": 1400, "budget": 1200, "settings": [(100, 100), (300, 300), (300, 600), (20, 100)],
+                "optimizer": "reset", "reset_setting": None, "reset_seeds": [], "r2_m": 100, "r2_checkpoints": 5,
+                "r2_grow_at": 2.0, "r2_shrink_below": 1.0, "target": 0.38, "eval_every": 100, "eval_k": 16,
+                "block_eval_problems": 64, "model_path": "", "data_path": "", "eval_data": "", "n_gpus": 1},
+    },
 }
 
 
@@ -81,7 +108,9 @@ def rl_config(profile: str, **overrides) -> RLConfig:
     unknown = set(given) - {f.name for f in fields(RLConfig)}
     if unknown:
         raise ValueError(f"unknown RLConfig field(s) {sorted(unknown)}; valid: {[f.name for f in fields(RLConfig)]}")
-    return replace(RL_RUNS[profile], **given)
+    cfg = replace(RL_RUNS[profile], **given)
+    validate(cfg)
+    return cfg
 
 
 def sft_config(profile: str, **overrides) -> SFTConfig:

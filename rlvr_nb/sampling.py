@@ -75,9 +75,10 @@ def generate(
 
     logits = forward(input_ids, position_ids, attention_mask)
     next_pos = position_ids[:, -1:] + 1  # [B, 1]
-    tokens = torch.full((B, max_new_tokens), pad_id, dtype=torch.long)
-    mask = torch.zeros((B, max_new_tokens), dtype=torch.long)
-    done = torch.zeros(B, dtype=torch.bool)
+    dev = input_ids.device
+    tokens = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=dev)
+    mask = torch.zeros((B, max_new_tokens), dtype=torch.long, device=dev)
+    done = torch.zeros(B, dtype=torch.bool, device=dev)
     for i in range(max_new_tokens):
         tok = sample_next(logits, temperature, top_p, generator)  # [B]
         tok = torch.where(done, torch.full_like(tok, pad_id), tok)
@@ -86,7 +87,7 @@ def generate(
         done = done | (tok == eos_id)
         if bool(done.all()) or i == max_new_tokens - 1:
             break
-        attention_mask = torch.cat([attention_mask, torch.ones((B, 1), dtype=attention_mask.dtype)], dim=1)
+        attention_mask = torch.cat([attention_mask, torch.ones((B, 1), dtype=attention_mask.dtype, device=dev)], dim=1)
         logits = forward(tok[:, None], next_pos, attention_mask)
         next_pos = next_pos + 1
     return tokens, mask

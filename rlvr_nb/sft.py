@@ -83,14 +83,16 @@ def train_sft(cfg: SFTConfig, run_dir: str | Path, init_dir: str | Path | None =
         tokenizer, model = load_tokenizer(init_dir), load_model(init_dir)
     opt = make_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
     gen = torch.Generator().manual_seed(cfg.seed)
+    # the injected noise has its own stream, so every SNR setting sees exactly the same batches
+    noise = {"noise": torch.Generator().manual_seed(cfg.seed + 1)}
     task = AdditionTask(task_cfg)
     n_eval, n_new = cfg.eval_problems, task.answer_len + 2
     if ckpt is not None:
         load_weights_into(model, ckpt)
-        restore_training_state(ckpt, opt, gen)
+        restore_training_state(ckpt, opt, gen, noise)
     else:
         metrics = checkpoint_eval(model, tokenizer, task, n_eval, n_new, cfg.seed)
-        save_checkpoint(run_dir, 0, model, tokenizer, {"metrics": metrics, "config": run_config, "seed": cfg.seed}, opt, gen)
+        save_checkpoint(run_dir, 0, model, tokenizer, {"metrics": metrics, "config": run_config, "seed": cfg.seed}, opt, gen, noise)
         append_metrics(run_dir, {"step": 0, **metrics})
 
     last = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
@@ -103,7 +105,7 @@ def train_sft(cfg: SFTConfig, run_dir: str | Path, init_dir: str | Path | None =
         if cfg.noise_snr_db is not None or cfg.zero_signal:
             from .lowpass import token_noise_weights  # PAPER.md Sec. 5: injected token-level noise
 
-            nll = nll * token_noise_weights(nll.shape, cfg.noise_snr_db, cfg.zero_signal, gen)
+            nll = nll * token_noise_weights(nll.shape, cfg.noise_snr_db, cfg.zero_signal, noise["noise"])
         loss = (nll * target_mask).sum() / target_mask.sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -114,7 +116,7 @@ def train_sft(cfg: SFTConfig, run_dir: str | Path, init_dir: str | Path | None =
             model.eval()
             record.update(checkpoint_eval(model, tokenizer, task, n_eval, n_new, cfg.seed))
             append_metrics(run_dir, record)
-            save_checkpoint(run_dir, step + 1, model, tokenizer, {"metrics": record, "config": run_config, "seed": cfg.seed}, opt, gen)
+            save_checkpoint(run_dir, step + 1, model, tokenizer, {"metrics": record, "config": run_config, "seed": cfg.seed}, opt, gen, noise)
             if cfg.stop_at_accuracy is not None and record["heldout_sampled"] >= cfg.stop_at_accuracy:
                 break
         else:

@@ -241,7 +241,8 @@ def chunk_stats(
     """R^2 [n] (NaN where a column is filtered out) and slope [n], both float32; adds the kept R^2 values
     to the accumulator's histogram and counters and, when `gram`, the chunk to its Gram matrix."""
     if bits.dtype not in (np.uint16, np.int32) or bits.ndim != 2 or not bits.flags.c_contiguous:
-        raise ValueError(f"chunk_stats needs a C-contiguous [T, n] uint16 or int32 array, got {bits.dtype} {bits.shape}")
+        raise ValueError(f"chunk_stats needs a C-contiguous [T, n] uint16 or int32 array, "
+                         f"got {bits.dtype} {bits.shape}")
     T, n = bits.shape
     wide = bool(bits.dtype == np.int32)
     halves = bits.view(np.uint16)  # one compiled kernel for both: float32 is read as pairs of halves

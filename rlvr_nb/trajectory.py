@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 import struct
 from dataclasses import dataclass, field
@@ -98,9 +97,9 @@ class Trajectory:
         """Elements [start, stop) of the flattened tensor across all checkpoints: [T, stop - start].
 
         Raw storage values: bf16 as uint16 bit patterns when every checkpoint stores bf16, otherwise
-        float32 (or float64 when any checkpoint stores float64). Positioned reads (`os.pread`) of the
-        safetensors data, so that memory stays bounded by the chunk (a memory map would keep every page
-        it touched resident).
+        float32 (or float64 when any checkpoint stores float64). Plain positioned reads of the safetensors
+        data into the array, so that memory stays bounded by the chunk (a memory map, as `safe_open` uses,
+        would keep every page it touched resident).
         """
         info = self._info(name)
         if not info.is_float:
@@ -116,12 +115,8 @@ class Trajectory:
             raise ValueError(f"out must be a C-contiguous {dtype} array of shape {(len(self), n)}")
         for i, ((path, offset), d) in enumerate(zip(info.locations, info.dtypes)):
             src = SAFETENSORS_DTYPES[d]
-            nbytes = n * np.dtype(src).itemsize
             row = out[i] if src == dtype else np.empty(n, src)
-            with open(path, "rb", buffering=0) as f:
-                got = os.preadv(f.fileno(), [memoryview(row).cast("B")], offset + start * np.dtype(src).itemsize)
-            if got != nbytes:
-                raise ValueError(f"truncated safetensors file {path}: tensor {name} ends past the end of the file")
+            read_exactly(path, offset + start * np.dtype(src).itemsize, memoryview(row).cast("B"), name)
             if src != dtype:
                 out[i] = bf16_to_float32(row) if d == "BF16" else row
         return out
@@ -148,6 +143,18 @@ class Trajectory:
         if name not in self.tensors:
             raise KeyError(f"no tensor {name!r} in this trajectory")
         return self.tensors[name]
+
+
+def read_exactly(path: Path, offset: int, buf: memoryview, name: str) -> None:
+    """Fill buf with the bytes of `path` from `offset` (unbuffered: straight into the array's memory)."""
+    with open(path, "rb", buffering=0) as f:
+        f.seek(offset)
+        done = 0
+        while done < len(buf):
+            got = f.readinto(buf[done:])
+            if not got:
+                raise ValueError(f"truncated safetensors file {path}: tensor {name} ends past the end of the file")
+            done += got
 
 
 def storage_dtype(dtypes: Iterable[str]) -> type:
@@ -197,7 +204,8 @@ def find_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
     found: list[tuple[int, Path]] = []
     for parent in (run_dir / "checkpoints", run_dir):
         if parent.is_dir():
-            found += [(int(m.group(1)), p) for p in sorted(parent.iterdir()) if p.is_dir() and (m := OURS.match(p.name))]
+            found += [(int(m.group(1)), p) for p in sorted(parent.iterdir())
+                      if p.is_dir() and (m := OURS.match(p.name))]
     found += [(int(m.group(1)), p) for p in sorted(run_dir.iterdir()) if p.is_dir() and (m := HF_TRAINER.match(p.name))]
     for p in sorted(run_dir.iterdir()):
         if p.is_dir() and (m := VERL.match(p.name)):

@@ -146,6 +146,20 @@ def test_trajectory_of_saved_checkpoints(tmp_path, model0, tok, batch):
     assert isinstance(dc.plot_output_change_histogram(values, "down_proj"), Figure)
 
 
+def test_second_order_summary_finds_the_worst_pair_and_layer(model0, batch):
+    near = dc.PairChange(0, 10, dc.output_change_decomposition(model0, perturbed(model0, 1e-3), *batch))
+    far = dc.PairChange(10, 20, dc.output_change_decomposition(model0, perturbed(model0, 3e-2), *batch))
+    s = dc.second_order_summary([near, far])
+    fracs = [p.totals()["second_order_fraction"] for p in (near, far)]
+    assert s["pairs"] == 2 and s["max_fraction"] == pytest.approx(max(fracs))
+    assert s["median_fraction"] == pytest.approx(sum(fracs) / 2)
+    assert s["worst_pair"] == (10, 20) and s["worst_layer_fraction"] >= s["max_fraction"] * 0.999
+    assert s["worst_layer"] in {r.name for r in far.records}
+    assert dc.second_order_summary([near])["holds"] and not dc.second_order_summary([near, far], threshold=fracs[0])["holds"]
+    with pytest.raises(ValueError, match="at least one"):
+        dc.second_order_summary([])
+
+
 def test_bad_inputs_raise(model0, tok, batch, tmp_path):
     ids, mask = batch
     with pytest.raises(ValueError, match="B, L"):

@@ -279,3 +279,19 @@ def test_predicted_accuracy_and_alpha_explorer(tmp_path, pair, tok, monkeypatch)
     assert drawn == [(300, 1.2), (300, 2.5)]
     with pytest.raises(ValueError, match="no cached logits"):
         alpha_explorer(cache, grid, interactive=False, t_second=5)
+
+
+def test_alpha_one_is_second_bit_for_bit(tmp_path, pair):
+    base, second = pair
+    out = extrapolate_weights(base, second, tmp_path / "a1", alpha=1.0, progress=False)
+    to, ts = tensors(out), tensors(second)
+    assert all(torch.equal(to[k], ts[k]) for k in ts)
+    assert torch.equal(ex.extrapolate_tensor(torch.tensor([0.1, 3.0]), torch.tensor([0.7, -2.3]), 1.0),
+                       torch.tensor([0.7, -2.3]))
+    problems = AdditionTask(TaskConfig(n_eval=4)).eval_problems
+    cfg = EvalConfig(k=2, max_new_tokens=6)
+    res = weight_extrapolation_accuracy(base, second, [1.0], tmp_path / "models", problems, cfg, progress=False)
+    assert res[1.0].per_question == evaluate(second, problems, cfg, progress=False).per_question
+    assert not (tmp_path / "models").exists()  # alpha = 1 evaluates second itself, no copy written
+    with pytest.raises(ValueError, match="positive"):
+        weight_extrapolation_accuracy(base, second, [0.0], tmp_path / "models", problems, cfg, progress=False)

@@ -91,7 +91,8 @@ def test_perfectly_linear_and_constant_trajectories(tmp_path):
     steps = (0, 10, 30, 60, 100)
     pairs = []
     for s in steps:  # float32 storage, exactly linear in the step for every scalar except the norms
-        w = {n: (t + 1e-2 * s * torch.ones_like(t)) if "norm" not in n else torch.ones_like(t) for n, t in model_w.items()}
+        w = {n: (t + 1e-2 * s * torch.ones_like(t)) if "norm" not in n else torch.ones_like(t)
+             for n, t in model_w.items()}
         pairs.append((s, write_hf_dir(tmp_path / f"c{s}", w, dtype=torch.float32)))
     res = weight_linearity(load_trajectory(pairs, progress=False), progress=False)
     assert res.overall.mean == pytest.approx(1.0, abs=1e-6)

@@ -7,7 +7,6 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
 from trajectory_fixtures import fabricated_weights, make_run, stored_values, write_hf_dir
 
 from rlvr_nb.trajectory import find_checkpoints, load_trajectory, verl_merge_command

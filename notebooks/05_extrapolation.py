@@ -1,0 +1,257 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python (rlvr-nb)
+#     language: python
+#     name: rlvr-nb
+# ---
+
+# %% [markdown]
+# # 05 · Using the linearity: weight and logits extrapolation
+#
+# > "Weight-space extrapolation: W = W_base + alpha (W_second - W_base) for every trainable tensor except
+# > normalisation weights, which are copied from the second checkpoint. [...] with t_base = 0 and
+# > t_second = 300 / 600 / 1400, avg@64 on AIME24 rises with the target step, peaks (e.g. t1=1400 peaks at
+# > target 1800 with 41.5), then falls when extrapolating too far." — PAPER.md Sec. 6, Figure 5
+#
+# > "Output-space (logits) extrapolation: at every decoding step run both checkpoints on the same prefix
+# > (each with its own KV cache), mix logits l = l_base + alpha (l_second - l_base), apply temperature (0.6)
+# > and top-p (0.95), sample. Original setting: base 200, second 1400, target 2000 (alpha 1.5) [...]
+# > +4.2% on average over standard RL at the same step; it also avoids the late-stage collapse of continued
+# > RL." — PAPER.md Sec. 6, Table 1
+#
+# If RL moves the weights (02) and the log-probs (03) along straight lines, two checkpoints predict the
+# later ones. Both methods read the trajectory as the line through a base checkpoint (step $t_0$) and a
+# second one ($t_1$), and follow it to a target step $t'$:
+#
+# $$\alpha = \frac{t' - t_0}{t_1 - t_0}$$
+#
+# We test both on the embedded RL run of notebook 01, scoring every model on the same held-out problems
+# with avg@k and a 95% confidence interval over questions; "beats / matches / below" always means the
+# paired difference on the same questions has its interval above 0 / around 0 / below 0.
+
+# %% tags=["parameters"]
+profile = "cpu"  # smoke | cpu | gpu
+k = None  # samples per held-out question (cpu 8)
+n_problems = None  # held-out problems scored (cpu 512, all of them)
+sampling = None  # [(temperature, top_p)] scored; the first is Figure 5's (cpu [(0.6, 0.95), (1.0, 1.0)])
+t_seconds = None  # t_1 of Figure 5, extrapolating from step 0 (cpu [200, 400, 600])
+alphas = None  # extrapolation coefficients of Figure 5 (cpu [1.0, 1.25, 1.5, 2.0, 2.5, 3.0])
+t_base_late = None  # t_0 of the second panel, later in the run (cpu 200)
+t_seconds_late = None  # t_1 of the second panel (cpu [400, 600, 800])
+logits_pairs = None  # (t_0, t_1) of Table 1 (cpu [(100, 600), (150, 1000)])
+logits_alpha = None  # alpha of Table 1 (cpu 1.5, the paper's (2000 - 200) / (1400 - 200))
+interactive = False  # True in JupyterLab: a live alpha slider; False (papermill): the static figure at slider_alpha
+slider_alpha = None  # alpha of the slider's figure (cpu 1.5)
+n_examples = None  # example answers whose token log-probs the slider shows (cpu 3)
+run_dir = None  # gpu profile: an RL run directory holding checkpoints/step_N; empty: the embedded run
+eval_data = None  # gpu profile: JSONL of held-out question/answer rows graded by math-verify; empty: the embedded task
+
+# %%
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import transformers
+from IPython.display import display
+
+from rlvr_nb import profiles
+from rlvr_nb.checkpoints import list_checkpoints
+from rlvr_nb.embedded import ensure_rl_run
+from rlvr_nb.evaluate import EvalConfig
+from rlvr_nb.extrapolate import alpha_explorer, alpha_for, cache_response_logits
+from rlvr_nb.extrapolation_results import (
+    accuracy_grid, displacement_cosine, distance_from, late_stage_decline, logits_extrapolation_rows,
+    plot_distance, plot_extrapolation_curves, rl_accuracy, summarize_extrapolation, weight_extrapolation_curves,
+)
+from rlvr_nb.figures import save_figure
+from rlvr_nb.report import markdown_table
+from rlvr_nb.tasks import AdditionTask
+
+transformers.logging.disable_progress_bar()  # no "Loading weights" bar for each of the many models loaded
+P = profiles.resolve("05_extrapolation", profile, k=k, n_problems=n_problems, sampling=sampling, t_seconds=t_seconds,
+                     alphas=alphas, t_base_late=t_base_late, t_seconds_late=t_seconds_late, logits_pairs=logits_pairs,
+                     logits_alpha=logits_alpha, slider_alpha=slider_alpha, n_examples=n_examples, run_dir=run_dir,
+                     eval_data=eval_data)
+rl_cfg, emb = profiles.rl_config(profile), profiles.embedded_config(profile)
+run = Path(P.run_dir) if getattr(P, "run_dir", None) else ensure_rl_run(rl_cfg, emb)
+ckpts = dict(list_checkpoints(run))  # step -> HF checkpoint directory
+if getattr(P, "eval_data", None):
+    from rlvr_nb.verl_launcher import load_problems
+
+    problems, grader = load_problems(P.eval_data)[: P.n_problems], "math"
+else:
+    problems, grader = AdditionTask(emb.task).eval_problems[: P.n_problems], "exact"
+cache_dir, out_root = run / "eval_cache", run / "extrapolated"  # git-ignored, beside the run's checkpoints
+cfgs = {T: EvalConfig(k=P.k, temperature=T, top_p=top_p, max_new_tokens=rl_cfg.max_new_tokens) for T, top_p in P.sampling}
+T_fig = P.sampling[0][0]
+make_policy = make_logits_policy = None  # CPU: ModelPolicy and LogitsExtrapolationPolicy
+if profile == "gpu":  # vLLM samples; logits extrapolation is one two-stack model in one engine
+    from rlvr_nb.vllm_backend import VllmPolicy
+    from rlvr_nb.vllm_extrapolation import write_two_stack_checkpoint
+
+    make_policy = VllmPolicy
+
+    def make_logits_policy(base, second, alpha):
+        out = out_root / f"two-stack-{base.name}-{second.name}-alpha{alpha:g}"
+        return VllmPolicy(write_two_stack_checkpoint(base, second, out, alpha))
+
+print(f"run {run}: {len(ckpts)} checkpoints, steps {min(ckpts)}..{max(ckpts)}; {len(problems)} held-out problems, "
+      f"avg@{P.k}, grader {grader!r}, sampling {P.sampling}")
+
+# %% [markdown]
+# ## The actual RL curve
+# Every checkpoint of the run, scored at each sampling setting (evaluations are cached beside the run, keyed
+# by checkpoint content, problems and settings, so re-runs read them back).
+
+# %%
+rl = {T: rl_accuracy(ckpts, problems, c, grader=grader, cache_dir=cache_dir, make_policy=make_policy)
+      for T, c in cfgs.items()}  # temperature -> {step: EvalResult}
+markdown_table([{"step": s, **{f"avg@{P.k} at T={T:g}": f"{rl[T][s].avg_at_k:.3f} [{rl[T][s].ci_low:.3f}, "
+                               f"{rl[T][s].ci_high:.3f}]" for T in rl}} for s in sorted(ckpts)])
+
+# %% [markdown]
+# ## Weight-space extrapolation (Figure 5)
+#
+# $$W(t') = W_{t_0} + \alpha\,(W_{t_1} - W_{t_0})\quad\text{(normalisation weights copied from } t_1\text{)}$$
+#
+# `extrapolate_weights` writes each extrapolated model as a complete HuggingFace directory (streamed
+# tensor by tensor); alpha = 1 is the $t_1$ checkpoint itself. Panel (a) is the paper's setting, $t_0 = 0$.
+# Panel (b) starts the line later in the run, at `t_base_late`; panel (c) shows how far the weights have
+# moved from step 0 at each step: a straight line at constant speed would be a straight line there too.
+
+# %%
+t0 = min(ckpts)
+curves = weight_extrapolation_curves(ckpts, t0, P.t_seconds, P.alphas, out_root, problems, cfgs[T_fig],
+                                     grader=grader, cache_dir=cache_dir, make_policy=make_policy)
+curves_late = weight_extrapolation_curves(ckpts, P.t_base_late, P.t_seconds_late, P.alphas, out_root, problems,
+                                          cfgs[T_fig], grader=grader, cache_dir=cache_dir, make_policy=make_policy)
+distances = distance_from(ckpts, t0)
+
+fig, axes = plt.subplots(1, 3, figsize=(18, 4.6), gridspec_kw={"width_ratios": [1.3, 1.3, 1]})
+plot_extrapolation_curves(axes[0], curves, t0, rl[T_fig], k=P.k,
+                          title=f"(a) weight extrapolation from $t_0$={t0} (paper's setting), T={T_fig:g}")
+plot_extrapolation_curves(axes[1], curves_late, P.t_base_late, rl[T_fig], k=P.k,
+                          title=f"(b) weight extrapolation from $t_0$={P.t_base_late}, T={T_fig:g}")
+plot_distance(axes[2], distances, t0)
+axes[2].set_title(f"(c) distance travelled from step {t0}")
+fig.tight_layout()
+save_figure(fig, "05_weight_extrapolation")
+
+# %% [markdown]
+# ## What we measured: finding (e)
+# For each curve: the $t_1$ checkpoint, the peak over alpha, the peak's gain over the checkpoint and what
+# happens at the largest alpha (paired differences with 95% intervals), and every target step that is an RL
+# checkpoint, where the extrapolated model is compared with actual RL at that step. The paper's peaks
+# (AIME24 avg@64): $t_1$ = 300 / 600 / 1400 peak at targets 900 / 1100 / 1800.
+#
+# The last line measures how the weights move. If the first steps move them much faster, or in another
+# direction, than later ones, the line through step 0 and $t_1$ does not point where RL goes next, and
+# following it past $t_1$ leaves the trajectory; a line through two later checkpoints need not.
+
+# %%
+findings = [summarize_extrapolation(c, t0, t, rl[T_fig]) for t, c in curves.items()]
+findings_late = [summarize_extrapolation(c, P.t_base_late, t, rl[T_fig]) for t, c in curves_late.items()]
+markdown_table([{
+    "t_0 → t_1": f"{f.t_base} → {f.t_second}", "checkpoint t_1": f"{f.at_second.avg_at_k:.3f}",
+    "peak [CI]": f"{f.peak.avg_at_k:.3f} [{f.peak.ci_low:.3f}, {f.peak.ci_high:.3f}]",
+    "peak alpha (target)": f"{f.peak_alpha:g} ({f.peak_target:g})", "peak − t_1": str(f.gain_at_peak),
+    "largest alpha − peak": str(f.drop_after_peak) if f.drop_after_peak else "–",
+    "matches or beats RL at step": ", ".join(f"{t:g}" for _, t, _ in f.matches_or_beats_rl) or "none",
+    "below RL at step": ", ".join(f"{t:g}" for _, t, c in f.vs_rl if c.verdict == "below") or "none",
+    "rise, peak, fall": f.holds} for f in findings + findings_late])
+
+# %%
+for f in findings + findings_late:
+    print(f.sentence())
+n_hold, n_late = sum(f.holds for f in findings), sum(f.holds for f in findings_late)
+n_rl = sum(bool(f.matches_or_beats_rl) for f in findings)
+print(f"\nfinding (e) at t_0 = {t0} (the paper's setting) {'holds' if n_hold == len(findings) else 'does not hold'}: "
+      f"{n_hold} of {len(findings)} curves rise above their t_1 checkpoint, peak and fall; {n_rl} of {len(findings)} "
+      f"match or beat actual RL at some target step.")
+print(f"from t_0 = {P.t_base_late}: {n_late} of {len(findings_late)} curves rise, peak and fall; matches or beats "
+      f"actual RL at steps {sorted({t for f in findings_late for _, t, _ in f.matches_or_beats_rl}) or 'none'}.")
+first, last = min(s for s in ckpts if s > t0), max(ckpts)
+window = first - t0
+late_move = distance_from(ckpts, last - window)[last]
+print(f"how the weights move: the first {window} steps move the weights {distances[first]:.3f}, the last {window} "
+      f"steps {late_move:.3f} ({distances[first] / late_move:.1f}x less); cos(W_{P.t_base_late} - W_{t0}, "
+      f"W_{last} - W_{P.t_base_late}) = {displacement_cosine(ckpts, t0, P.t_base_late, last):.2f}, against "
+      f"cos(W_{max(P.t_seconds_late)} - W_{P.t_base_late}, W_{last} - W_{max(P.t_seconds_late)}) = "
+      f"{displacement_cosine(ckpts, P.t_base_late, max(P.t_seconds_late), last):.2f} later in the run")
+
+# %% [markdown]
+# ## Output-space (logits) extrapolation (Table 1)
+#
+# $$l_t = l^{(t_0)}_t + \alpha\,\bigl(l^{(t_1)}_t - l^{(t_0)}_t\bigr),\qquad y_t \sim \text{top-}p\bigl(\text{softmax}(l_t / T)\bigr)$$
+#
+# Both checkpoints decode the same prefixes, each with its own KV cache (`LogitsExtrapolationPolicy`). The
+# paper's setting, base 200 and second 1400 of a run still stable at 1400, target 2000, gives alpha 1.5:
+# base at about a seventh of second, target at 10/7 of it. We keep alpha = `logits_alpha` and the ratio
+# (`logits_pairs`): one pair whose target lies inside our run, so RL at the target step can be scored, and
+# one whose second is the run's last checkpoint, as in the paper, whose target lies beyond the run.
+# "Same step" is $t_1$: the extrapolation uses as many real RL steps as the $t_1$ checkpoint.
+
+# %%
+print(f"paper: alpha = alpha_for(200, 1400, 2000) = {alpha_for(200, 1400, 2000):g}, base/second = {200 / 1400:.2f}; "
+      f"ours: alpha = {P.logits_alpha:g}, base/second = {', '.join(f'{b / s:.2f}' for b, s in P.logits_pairs)}")
+rows = logits_extrapolation_rows(ckpts, P.logits_pairs, P.logits_alpha, P.sampling, problems, cfgs[T_fig], rl,
+                                 grader=grader, cache_dir=cache_dir, make_policy=make_logits_policy)
+markdown_table([r.as_dict(max(ckpts)) for r in rows])
+
+# %% [markdown]
+# ## What we measured: finding (g)
+# Logits extrapolation against the RL checkpoint at the same step ($t_1$), and at the target step where the
+# run reaches it; then whether our RL curve has a late-stage decline for extrapolation to avoid (the last
+# checkpoint against the best one). The paper: +4.2% relative over standard RL on average
+# (+6.3% AIME24, +6.3% AIME25, +1.1% MATH500, +10.6% LCB).
+
+# %%
+for r in rows:
+    rel = 100 * (r.extrapolated.avg_at_k / r.rl_same_step.avg_at_k - 1)
+    at_target = (f"vs RL at target step {r.t_target:g}: {r.vs_target.verdict} ({r.vs_target})" if r.vs_target
+                 else f"target step {r.t_target:g} is beyond the run (last step {max(ckpts)})")
+    print(f"T={r.temperature:g}, {r.t_base} -> {r.t_second}, alpha {r.alpha:g}: {r.extrapolated.avg_at_k:.3f} "
+          f"[{r.extrapolated.ci_low:.3f}, {r.extrapolated.ci_high:.3f}] {r.vs_same_step.verdict} RL at step {r.t_second} "
+          f"({r.rl_same_step.avg_at_k:.3f}; {r.vs_same_step}, {rel:+.1f}% relative); {at_target}")
+n_beats = sum(r.vs_same_step.verdict == "beats" for r in rows)
+rel_fig = [100 * (r.extrapolated.avg_at_k / r.rl_same_step.avg_at_k - 1) for r in rows if r.temperature == T_fig]
+print(f"mean relative gain over RL at the same step, T={T_fig:g}: {sum(rel_fig) / len(rel_fig):+.1f}% (paper: +4.2%)")
+print(f"\nfinding (g) {'holds' if n_beats == len(rows) else 'does not hold' if n_beats == 0 else 'holds in part'}: "
+      f"logits extrapolation beats the RL checkpoint at the same step in {n_beats} of {len(rows)} rows.")
+late = {T: late_stage_decline(rl[T]) for T in rl}
+for T, l in late.items():
+    print(f"RL curve at T={T:g}: {l.sentence()}")
+declines = [T for T, l in late.items() if l.declines]
+print("so extrapolation has a late-stage decline to avoid at T = " + ", ".join(f"{T:g}" for T in declines) if declines else
+      "so our run has no late-stage decline for extrapolation to avoid: that half of (g) cannot be tested on it.")
+
+# %% [markdown]
+# ## The alpha slider
+# Move alpha (and pick $t_1$) to see, at once, the accuracy of the weight-extrapolated models of panel (b)
+# at that alpha (interpolated between the evaluated alphas, left) and how the log-probability of each token
+# of a few correct answers moves under the mixed logits $l^{(t_0)} + \alpha (l^{(t_1)} - l^{(t_0)})$ (right;
+# open circles: alpha = 1, the $t_1$ checkpoint). The logits are teacher-forced once and cached, so a redraw
+# needs no model. Set `interactive = True` in JupyterLab for the live slider; under papermill the cell draws
+# the static figure at `slider_alpha`.
+
+# %%
+examples = problems[: P.n_examples]
+response_logits = cache_response_logits(ckpts[P.t_base_late], {t: ckpts[t] for t in P.t_seconds_late},
+                                        [p.prompt for p in examples], [p.answer for p in examples],
+                                        base_step=P.t_base_late)
+explorer = alpha_explorer(response_logits, accuracy_grid(curves_late), interactive=interactive, alpha=P.slider_alpha,
+                          t_second=max(P.t_seconds_late), alpha_max=max(P.alphas),
+                          rl_accuracy={s: r.avg_at_k for s, r in rl[T_fig].items()})
+if interactive:
+    display(explorer)
+else:
+    save_figure(explorer, "05_alpha_slider")
+
+# %% [markdown]
+# The slider was checked by executing this notebook with `interactive = True` under a real Jupyter kernel
+# (nbclient), moving the slider from a later cell and confirming the output widget received a new figure.

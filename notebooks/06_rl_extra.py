@@ -1,0 +1,265 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python (rlvr-nb)
+#     language: python
+#     name: rlvr-nb
+# ---
+
+# %% [markdown]
+# # 06 · RL-Extra: periodic re-grounding
+#
+# > "weight-space extrapolation matches the performance of standard RL optimization while achieving a 6.1x
+# > training speedup through periodic re-grounding." — the paper's abstract
+#
+# > "Periodic re-grounding ("RL-Extra"): repeat { m real RL steps from the current model; extrapolate from
+# > the model at the start of the block to the model after m steps by n further steps, alpha = (m + n) / m;
+# > continue RL from the extrapolated model }. [...] (m, n) in {(100,100), (300,300), (300,600), (20,100)};
+# > 1.3x-1.8x typical, up to 6.1x with (20, 100) to reach AIME24 >= 0.38. [...] at equal real steps
+# > (200/400/800/1200) re-grounding beats standard RL on average by +5.2%, +6.3%, +5.7%, +2.3%." — PAPER.md Sec. 6
+#
+# If weights move on a straight line, m real steps tell us where the next n steps would go, for free. Each
+# block of m real RL steps is followed by a weight extrapolation from the block's start to its end,
+#
+# $$W \;=\; W_{\text{start}} + \alpha\,(W_{\text{end}} - W_{\text{start}}),\qquad \alpha = \frac{m+n}{m},$$
+#
+# and RL continues from $W$ ("re-grounding": real RL corrects whatever the straight line got wrong). A model
+# then has a *real* step (RL steps spent) and a *virtual* step (real plus extrapolated). The paper's measure:
+#
+# $$\text{speed-up} \;=\; \frac{\text{standard-RL real steps to reach a target accuracy}}{\text{re-grounding real steps to reach it}}.$$
+#
+# The loop is `rlvr_nb.regrounding.run_regrounding`; every block is a `train_rl` run (a verl run at `gpu`).
+
+# %% tags=["parameters"]
+profile = "cpu"  # smoke | cpu | gpu
+seeds = None  # seeds of standard RL and of every re-grounding setting (cpu [0, 1, 2])
+std_steps = None  # RL steps of the extra standard-RL seeds; seed 0 is 01's run (cpu 400)
+budget = None  # real RL steps of every re-grounding run (cpu 200)
+settings = None  # fixed (m, n) settings (cpu [(50, 50), (50, 100), (10, 50), (100, 100)])
+optimizer = None  # AdamW state at a re-grounding: "keep" or "reset" (cpu "keep")
+reset_setting = None  # (m, n) run again with the other optimizer choice (cpu (50, 50))
+reset_seeds = None  # seeds of that comparison (cpu [0, 1, 2])
+r2_m = None  # m of the R^2-guided horizon (cpu 50)
+r2_checkpoints = None  # checkpoints per block for its R^2 (cpu 6)
+r2_grow_at = None  # grow n when the drift-to-noise ratio read from the block R^2 reaches this (cpu 2.0)
+r2_shrink_below = None  # shrink n when it is below this (cpu 1.0)
+target = None  # held-out accuracy to reach, fixed before the re-grounding runs (cpu 0.30)
+eval_every = None  # real steps between evaluated models (cpu 50)
+eval_k = None  # samples per held-out problem at temperature 1 (cpu 4)
+block_eval_problems = None  # the trainer's own per-checkpoint evaluation inside blocks, a log only (cpu 64)
+model_path = None  # gpu: HF model directory to start from
+data_path = None  # gpu: training data (JSONL/parquet with question/answer)
+eval_data = None  # gpu: held-out data of the same kind
+n_gpus = None  # gpu: GPUs per verl run
+
+# %%
+import math
+from dataclasses import replace
+
+from rlvr_nb import profiles
+from rlvr_nb.embedded import ensure_rl_run, runs_root
+from rlvr_nb.evaluate import EvalConfig
+from rlvr_nb.figures import save_figure
+from rlvr_nb.regrounding import (RegroundConfig, accuracy_curve, budget_rows, ensure_regrounding_run,
+                                 ensure_verl_standard_run, models_at_real_steps, plot_regrounding,
+                                 r2_for_drift_to_noise, read_ledger, regrounding_alpha, speedup_rows,
+                                 speedup_summary, standard_models)
+from rlvr_nb.report import markdown_table
+from rlvr_nb.tasks import AdditionTask
+
+P = profiles.resolve("06_rl_extra", profile, seeds=seeds, std_steps=std_steps, budget=budget, settings=settings,
+                     optimizer=optimizer, reset_setting=reset_setting, reset_seeds=reset_seeds, r2_m=r2_m,
+                     r2_checkpoints=r2_checkpoints, r2_grow_at=r2_grow_at, r2_shrink_below=r2_shrink_below,
+                     target=target, eval_every=eval_every, eval_k=eval_k, block_eval_problems=block_eval_problems,
+                     model_path=model_path, data_path=data_path, eval_data=eval_data, n_gpus=n_gpus)
+gpu = profile == "gpu"
+rl = profiles.rl_config(profile)  # the recipe of 01: GRPO, AdamW, clip 0.2/0.28, no KL
+emb = profiles.embedded_config(profile)
+grid = list(range(0, P.budget + 1, P.eval_every))  # real steps at which every re-grounding run is evaluated
+std_grid = list(range(0, P.std_steps + 1, P.eval_every))
+rl
+
+# %% [markdown]
+# ## The target, fixed before the runs
+# The speed-up depends on the target, so it is a parameter, chosen from 01's standard-RL trajectory
+# (seed 0) before any re-grounding run: held-out accuracy at T = 1 starts near 0.16 and passes **0.30** after
+# about 290 steps (about 0.40 at 1000). A target standard RL reaches after ~300 steps leaves room to see a 2x
+# speed-up inside the re-grounding budget of 200 real steps (it must be reached by ~150), and every standard
+# seed's 400-step run crosses it. Accuracy is avg@k over the 512 held-out problems, every model sampled with
+# the same seed (common random numbers).
+
+# %%
+print(f"target: held-out avg@{P.eval_k} = {P.target} (T = 1), re-grounding budget {P.budget} real steps, "
+      f"standard RL evaluated to {P.std_steps} steps, seeds {P.seeds}")
+
+# %% [markdown]
+# ## Standard RL, three seeds
+# Seed 0 is the trajectory of 01 (cached); the other seeds are the same recipe with another seed, for
+# `std_steps` steps (at `gpu`: verl runs from `model_path`).
+
+# %%
+def standard_run(seed: int):
+    cfg = rl if seed == rl.seed else replace(rl, seed=seed, steps=P.std_steps)
+    if gpu:
+        return ensure_verl_standard_run(cfg, P.model_path, P.data_path or None, P.n_gpus)
+    return ensure_rl_run(cfg, emb)
+
+
+std_runs = {s: standard_run(s) for s in P.seeds}
+
+# %% [markdown]
+# ## Re-grounding runs
+# Settings in the paper's spirit, scaled to our 1000-step trajectory: equal m = n, n = 2m, a short-m / long-n
+# setting like the paper's (20, 100), and longer equal blocks. Each block trains with the seed
+# `seed + 1000 * block` (fresh problems; block 0 is exactly standard RL's first m steps).
+#
+# **Optimizer state.** We *keep* AdamW's moments across a re-grounding (`optimizer="keep"`): they are running
+# averages of the gradient whose drift direction is the extrapolation's own direction, so they stay a sensible
+# estimate after the jump, and they avoid the ~lr x sign(g) kick of Adam's first update after a reset. The
+# other choice, *reset* (what successive verl runs do, hence the `gpu` profile), is run beside it below.
+#
+# **R²-guided horizon (ours, not the paper's).** With checkpoints inside each block we measure the block's
+# median per-weight $R^2$ against the step (`rlvr_nb.linearity`). Extrapolating a block by n steps adds
+# $n\mu$ of drift and $(n/m)\,\sigma\sqrt{m}$ of amplified noise, so it adds more signal than noise exactly
+# when the block's drift-to-noise ratio $\lambda = \mu\sqrt{m}/\sigma$ exceeds 1. The low-pass theory of 04
+# maps $\lambda$ to the median $R^2$ at our number of checkpoints; the rule doubles n while the block's
+# $R^2$ says $\lambda \ge 2$ and halves it when $\lambda < 1$.
+
+# %%
+task_problems = AdditionTask(emb.task).eval_problems
+rl_blocks = replace(rl, eval_problems=P.block_eval_problems)
+verl_options = {"train_data": P.data_path or None, "n_gpus": P.n_gpus} if gpu else None
+T = P.r2_checkpoints
+configs = {f"(m={m}, n={n})": RegroundConfig(m=m, n=n, budget=P.budget, optimizer=P.optimizer,
+                                             ckpt_every=math.gcd(m, P.eval_every)) for m, n in P.settings}
+r2_name = f"R²-guided (m={P.r2_m})"
+configs[r2_name] = RegroundConfig(m=P.r2_m, n=P.r2_m, budget=P.budget, optimizer=P.optimizer, horizon="r2",
+                                  r2_checkpoints=T, r2_high=r2_for_drift_to_noise(P.r2_grow_at, T),
+                                  r2_low=r2_for_drift_to_noise(P.r2_shrink_below, T))
+other = "reset" if P.optimizer == "keep" else "keep"
+reset_configs = {} if P.reset_setting is None else {
+    f"(m={P.reset_setting[0]}, n={P.reset_setting[1]}) {other}": RegroundConfig(
+        m=P.reset_setting[0], n=P.reset_setting[1], budget=P.budget, optimizer=other,
+        ckpt_every=math.gcd(P.reset_setting[0], P.eval_every))}
+
+
+def regrounding_run(cfg: RegroundConfig, seed: int):
+    return ensure_regrounding_run(cfg, replace(rl_blocks, seed=seed), emb, trainer="verl" if gpu else "embedded",
+                                  verl_options=verl_options, init_dir=P.model_path if gpu else None)
+
+
+rg_runs = {name: {s: regrounding_run(cfg, s) for s in P.seeds} for name, cfg in configs.items()}
+rg_runs.update({name: {s: regrounding_run(cfg, s) for s in P.reset_seeds} for name, cfg in reset_configs.items()})
+markdown_table([{"setting": name, "m": c.m, "n": c.n if c.horizon == "fixed" else f"{c.n} at first, then R²-guided",
+                 "alpha": regrounding_alpha(c.m, c.n), "blocks": P.budget // c.m, "optimizer": c.optimizer,
+                 "virtual steps at the budget (seed mean)": sum(read_ledger(r)[-1]["virtual_step"] for r in runs.values()) / len(runs)}
+                for (name, runs), c in zip(rg_runs.items(), [*configs.values(), *reset_configs.values()])])
+
+# %% [markdown]
+# ## Held-out accuracy against real RL steps (Figure 6 on our model)
+# Each re-grounding run is evaluated every `eval_every` real steps: at a block boundary the extrapolated
+# model (it cost no real step), inside a block the block's checkpoint. Lines are seed means, bands the
+# min-max over seeds. The middle panel puts the same models at their virtual step: a perfect extrapolation
+# would lie on standard RL there.
+
+# %%
+if gpu:
+    from rlvr_nb.verl_launcher import load_problems
+    from rlvr_nb.vllm_backend import VllmPolicy
+
+    problems, grader, policy = load_problems(P.eval_data), "math", VllmPolicy
+else:
+    problems, grader, policy = task_problems, "exact", None
+eval_cfg = EvalConfig(k=P.eval_k, temperature=1.0, max_new_tokens=rl.max_new_tokens)
+cache = runs_root() / "eval_cache"
+
+
+def curve(models, label):
+    return accuracy_curve(models, problems, eval_cfg, cache, label, grader=grader, policy=policy)
+
+
+std = {s: curve(standard_models(run, std_grid), f"standard seed {s}") for s, run in std_runs.items()}
+curves = {name: {s: curve(models_at_real_steps(run, grid), f"{name} seed {s}") for s, run in runs.items()}
+          for name, runs in rg_runs.items()}
+main = {name: curves[name] for name in configs}
+fig = plot_regrounding(std, main, P.target, {r2_name: [read_ledger(r) for r in rg_runs[r2_name].values()]},
+                       max_real=P.std_steps)
+save_figure(fig, "06_regrounding_efficiency")
+
+# %% [markdown]
+# ## Speed-up to the target
+# Real steps to reach the target by first crossing, interpolated linearly between the two evaluated models
+# around it (`steps_to_target(method="interpolate")`); each seed against standard RL with the same seed, and
+# the seed-mean curves against each other. A run that never reaches the target within its budget gets a bound
+# ("<x": standard steps / budget).
+
+# %%
+rows = speedup_rows(std, curves, P.target)
+markdown_table(speedup_summary(rows))
+
+# %% [markdown]
+# ## Accuracy at equal real-step budgets (Table 2 on our model)
+# Seed mean ± standard deviation; Δ is the mean over seeds of (re-grounding − standard RL of the same seed).
+
+# %%
+markdown_table(budget_rows(std, curves, grid[1:]))
+
+# %% [markdown]
+# ## The optimizer state at a re-grounding: keep or reset
+# The same (m, n) with AdamW's state kept and reset at every block boundary.
+
+# %%
+if reset_configs:
+    (reset_name,) = reset_configs
+    kept_name = f"(m={P.reset_setting[0]}, n={P.reset_setting[1]})"
+    pair = {f"{kept_name} {P.optimizer}": {s: curves[kept_name][s] for s in P.reset_seeds}, reset_name: curves[reset_name]}
+    display(markdown_table(budget_rows({s: std[s] for s in P.reset_seeds}, pair, grid[1:])))
+    fig = plot_regrounding({s: std[s] for s in P.reset_seeds}, pair, P.target, max_real=P.budget)
+    save_figure(fig, "06_optimizer_keep_reset")
+
+# %% [markdown]
+# ## The R²-guided horizon, block by block
+# n chosen for each block, the block's median weight $R^2$ and the thresholds it is compared with
+# (the median $R^2$ of a drift + random walk with drift-to-noise ratio 1 and 2 at our checkpoints).
+
+# %%
+print(f"thresholds at {T} checkpoints per block: shrink below R^2 = {configs[r2_name].r2_low:.3f} (lambda = "
+      f"{P.r2_shrink_below}), grow at R^2 >= {configs[r2_name].r2_high:.3f} (lambda = {P.r2_grow_at}); "
+      f"a pure random walk has median R^2 {r2_for_drift_to_noise(0.0, T):.3f}")
+markdown_table([{"seed": s, "block": e["block"], "real steps": e["real_step"], "virtual step": e["virtual_step"],
+                 "n": e["n"], "block R²": e["block_r2"], "next n": e["next_n"]}
+                for s, run in rg_runs[r2_name].items() for e in read_ledger(run) if "next_n" in e])
+
+# %% [markdown]
+# ## What we measured
+# Finding (f): a speed-up of at least 2x to the target at some (m, n) (the paper: 1.3x-1.8x typical, up to
+# 6.1x with (20, 100)); and whether re-grounding beats standard RL at equal real-step budgets (the paper:
+# +2.3% to +6.3%).
+
+# %%
+mean_rows = [r for r in rows if r["seed"] == "mean"]
+best = max(mean_rows, key=lambda r: -1 if math.isnan(r["speed-up"]) else r["speed-up"])
+per_seed = [r for r in rows if r["seed"] != "mean" and r["setting"] == best["setting"]]
+holds = not math.isnan(best["speed-up"]) and best["speed-up"] >= 2
+at_budget = {r["setting"]: r[f"Δ@{P.budget}"] for r in budget_rows(std, curves, [P.budget])[1:]}
+r2_blocks = [e["block_r2"] for run in rg_runs[r2_name].values() for e in read_ledger(run) if e.get("block_r2") is not None]
+print(f"finding (f) {'holds' if holds else 'does not hold'} here: the best speed-up of the seed-mean curves to "
+      f"accuracy {P.target} is {best['speed-up']:.2f}x with {best['setting']} (per seed: "
+      + ", ".join(f"{r['speed-up']:.2f}x" if not math.isnan(r["speed-up"]) else "not reached" for r in per_seed)
+      + f"); the paper reports 1.3x-1.8x typically and up to 6.1x.")
+print(f"at {P.budget} real steps, re-grounding minus standard RL (seed mean): "
+      + ", ".join(f"{name}: {d:+.3f}" for name, d in at_budget.items()) + " (the paper: +2.3% to +6.3%).")
+if not holds:
+    print("tried: " + "; ".join(f"{name} (alpha {regrounding_alpha(c.m, c.n):g}, {c.optimizer} optimizer)"
+                                for name, c in {**configs, **reset_configs}.items())
+          + f"; {len(P.seeds)} seeds, {P.budget} real steps each.")
+if r2_blocks:
+    print(f"blocks of {P.r2_m} steps: median weight R^2 {min(r2_blocks):.3f}-{max(r2_blocks):.3f} against "
+          f"{configs[r2_name].r2_low:.3f} at drift-to-noise ratio 1 and {r2_for_drift_to_noise(0.0, T):.3f} for pure noise: "
+          + ("the extrapolated part of a block carries more noise than drift."
+             if max(r2_blocks) < configs[r2_name].r2_low else "some blocks carry more drift than noise."))

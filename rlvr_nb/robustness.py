@@ -1,0 +1,383 @@
+"""Sec. 5 on the embedded model: how the weight R^2 of a trajectory responds to injected noise and to the
+training recipe.
+
+Two sweeps, each a list of `Setting`s (one trajectory each), turned into table rows by `sweep_rows`:
+
+- `snr_settings`: SFT with token-level random-sign noise at a list of SNRs, the zero-signal control and
+  plain SFT (PAPER.md Sec. 5, Figure 3; the noise itself is `lowpass.token_noise_weights`).
+- `robustness_settings`: the RL run with one factor changed at a time from a baseline: optimizer
+  (AdamW / SGD), learning rate, rollouts per prompt, advantage estimator (PAPER.md Sec. 3, Figure 2).
+
+Every trajectory is trained through the cached `ensure_sft_run` / `ensure_rl_run` (by config hash under
+`runs/`), so a sweep re-run only reads checkpoints. A row holds the weight R^2 of the *active*
+parameters (those kept by the engine's filters: range over the checkpoints > 1e-4, at least four
+distinct values; `rlvr_nb.linearity`): the median and the mean over all active scalars (each tensor
+weighted by its number of active entries: the paper's "weighted" mean and median), quartiles and standard
+deviation (read from the engine's 10,000-bin histogram), the fraction above 0.7, how far the weights moved
+and the held-out accuracy at the first and last analysed checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+from safetensors.numpy import load_file
+from tqdm.auto import tqdm
+
+from .checkpoints import read_metrics, to_jsonable
+from .embedded import EmbeddedConfig, ensure_rl_run, ensure_sft_run
+from .grpo import RLConfig
+from .linearity import LinearityConfig, weight_linearity
+from .sft import SFTConfig
+from .trajectory import find_checkpoints, load_trajectory
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One trajectory of a sweep and where it appears in the table."""
+
+    category: str
+    """Group in the table and figure: the SFT learning rate, or the factor varied ("optimizer", ...)."""
+    label: str
+    """Row label within the group, e.g. "-10 dB" or "SGD, lr 0.05"."""
+    config: RLConfig | SFTConfig
+    """The run's config; the run directory is `ensure_rl_run(config)` or `ensure_sft_run(config)`."""
+    max_step: int | None = None
+    """Analyse only checkpoints up to this step (None: all). Lets a row read the first steps of a longer run."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Statistics of one run
+
+
+def hist_quantile(hist: np.ndarray, q: float) -> float:
+    """q-quantile of values binned in equal bins on [0, 1], linear inside its bin (within one bin width)."""
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"q must lie in [0, 1], got {q}")
+    cum = np.cumsum(hist, dtype=np.float64)
+    if cum[-1] <= 0:
+        return math.nan
+    target = q * cum[-1]
+    b = min(int(np.searchsorted(cum, target)), len(hist) - 1)
+    before = cum[b - 1] if b > 0 else 0.0
+    inside = (target - before) / hist[b] if hist[b] > 0 else 0.0
+    return float((b + inside) / len(hist))
+
+
+def hist_std(hist: np.ndarray) -> float:
+    """Standard deviation of values binned in equal bins on [0, 1] (bin centres; error < one bin width)."""
+    n = float(np.sum(hist))
+    if n <= 0:
+        return math.nan
+    centres = (np.arange(len(hist)) + 0.5) / len(hist)
+    mean = float(hist @ centres) / n
+    return float(math.sqrt(max(float(hist @ (centres - mean) ** 2) / n, 0.0)))
+
+
+def relative_weight_change(dir0: str | Path, dir1: str | Path) -> float:
+    """||theta_1 - theta_0|| / ||theta_0|| over every floating tensor of two `save_pretrained` checkpoints."""
+    w0, w1 = load_file(str(Path(dir0) / "model.safetensors")), load_file(str(Path(dir1) / "model.safetensors"))
+    if w0.keys() != w1.keys():
+        raise ValueError(f"{dir0} and {dir1} hold different tensors: {sorted(set(w0) ^ set(w1))[:5]}")
+    num = den = 0.0
+    for name, a in w0.items():
+        if np.issubdtype(a.dtype, np.floating):
+            a64 = a.astype(np.float64)
+            num += float(((w1[name].astype(np.float64) - a64) ** 2).sum())
+            den += float((a64**2).sum())
+    return math.sqrt(num / den) if den > 0 else math.nan
+
+
+def accuracy_at(run_dir: str | Path, step: int) -> dict[str, float | None]:
+    """Held-out greedy and sampled accuracy recorded at a checkpoint step (None when not recorded)."""
+    rec = next((r for r in read_metrics(run_dir) if r.get("step") == step and "heldout_greedy" in r), {})
+    return {"greedy": rec.get("heldout_greedy"), "sampled": rec.get("heldout_sampled")}
+
+
+def weight_r2_row(run_dir: str | Path, max_step: int | None = None, cfg: LinearityConfig = LinearityConfig(drift=False),
+                  progress: bool = False) -> dict:
+    """Weight R^2 of the active parameters of one run (PAPER.md Sec. 4, weight linearity), as one table row.
+
+    Keys: median, mean (over all active scalars), std, q25, q75 (from the histogram), frac_above (> 0.7),
+    active and total (scalars kept / considered), checkpoints, last_step, rel_change (relative weight change
+    from the first to the last analysed checkpoint), acc_start, acc_end (held-out greedy accuracy).
+    """
+    pairs = find_checkpoints(run_dir)
+    if max_step is not None:
+        pairs = [(s, d) for s, d in pairs if s <= max_step]
+        if not pairs or pairs[-1][0] != max_step:
+            raise ValueError(f"{run_dir} has no checkpoint at step {max_step} (last: {find_checkpoints(run_dir)[-1][0]})")
+    res = weight_linearity(load_trajectory(pairs, progress=progress), cfg, progress=progress)
+    s = res.overall
+    row = s.row()
+    return {
+        "median": row["median"], "mean": row["mean"],
+        "std": round(hist_std(s.hist), 4), "q25": round(hist_quantile(s.hist, 0.25), 4),
+        "q75": round(hist_quantile(s.hist, 0.75), 4), "frac_above": row["frac_above"],
+        "active": row["count"], "total": row["total"], "checkpoints": len(pairs), "last_step": pairs[-1][0],
+        "rel_change": round(relative_weight_change(pairs[0][1], pairs[-1][1]), 4),
+        "acc_start": accuracy_at(run_dir, pairs[0][0])["greedy"], "acc_end": accuracy_at(run_dir, pairs[-1][0])["greedy"],
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# The sweeps
+
+
+def snr_settings(base: SFTConfig, snr_dbs: Sequence[float], zero_signal: bool = True, plain: bool = True) -> list[Setting]:
+    """Figure 3's runs at base's learning rate: plain SFT, noise at each SNR (dB), and the zero-signal control."""
+    if base.noise_snr_db is not None or base.zero_signal:
+        raise ValueError("base must be plain SFT (noise_snr_db=None, zero_signal=False); the sweep sets the noise")
+    if not snr_dbs and not (zero_signal or plain):
+        raise ValueError("the sweep is empty: give snr_dbs, zero_signal or plain")
+    cat = f"SFT lr {base.lr:g}"
+    out = [Setting(cat, "plain SFT", base)] if plain else []
+    out += [Setting(cat, f"{float(db):g} dB", replace(base, noise_snr_db=float(db))) for db in snr_dbs]
+    if zero_signal:
+        out.append(Setting(cat, "zero signal", replace(base, zero_signal=True)))
+    return out
+
+
+def robustness_settings(
+    base: RLConfig,
+    steps: int,
+    lrs: Sequence[float] = (),
+    sgd_lr: float | None = None,
+    group_sizes: Sequence[int] = (),
+    estimators: Sequence[str] = (),
+) -> list[Setting]:
+    """Figure 2 on our model: the baseline, then one factor changed at a time (each category lists the
+    baseline beside its alternatives).
+
+    Every run lasts `steps` steps with base's checkpoint spacing. The baseline row reads the first `steps`
+    steps of `base` itself: the trainer has no schedule that depends on the total number of steps, so they
+    are the same trajectory as a run of `steps` steps, and the embedded run is re-used instead of retrained.
+    """
+    if not 0 < steps <= base.steps or steps % base.ckpt_every:
+        raise ValueError(f"steps must be a positive multiple of ckpt_every={base.ckpt_every} and at most "
+                         f"base.steps={base.steps}, got {steps}")
+    if steps // base.ckpt_every < 2:
+        raise ValueError(f"{steps} steps with a checkpoint every {base.ckpt_every} give fewer than 3 checkpoints")
+    short = replace(base, steps=steps)
+    baseline = Setting("", "baseline", base, max_step=steps)
+
+    def alt(category: str, label: str, **change) -> Setting:
+        return Setting(category, label, replace(short, **change), max_step=steps)
+
+    def same(category: str, label: str) -> Setting:
+        return replace(baseline, category=category, label=label)
+
+    out: list[Setting] = []
+    if sgd_lr is not None:
+        out += [same("optimizer", f"AdamW, lr {base.lr:g}"), alt("optimizer", f"SGD, lr {sgd_lr:g}", optimizer="sgd", lr=sgd_lr)]
+    if lrs:
+        out += [same("learning rate", f"lr {base.lr:g}")] + [alt("learning rate", f"lr {lr:g}", lr=lr) for lr in lrs if lr != base.lr]
+    if group_sizes:
+        out += [same("rollouts per prompt", f"G = {base.group_size}")] + [
+            alt("rollouts per prompt", f"G = {g}", group_size=g) for g in group_sizes if g != base.group_size]
+    if estimators:
+        out += [same("advantage", base.adv_estimator)] + [
+            alt("advantage", e, adv_estimator=e) for e in estimators if e != base.adv_estimator]
+    return out or [replace(baseline, category="baseline")]
+
+
+def ensure_run(setting: Setting, emb: EmbeddedConfig, progress: bool = True) -> Path:
+    """The setting's run directory, trained (cached by config hash) if missing."""
+    if isinstance(setting.config, RLConfig):
+        return ensure_rl_run(setting.config, emb, progress)
+    if isinstance(setting.config, SFTConfig):
+        return ensure_sft_run(setting.config, emb, progress)
+    raise ValueError(f"a setting's config must be an RLConfig or an SFTConfig, got {type(setting.config).__name__}")
+
+
+def setting_fields(setting: Setting) -> dict:
+    """The config values a table row shows: learning rate, optimizer, and the noise (SFT) or RL factors."""
+    c = setting.config
+    if isinstance(c, SFTConfig):
+        return {"lr": c.lr, "snr_db": c.noise_snr_db, "zero_signal": c.zero_signal}
+    return {"optimizer": c.optimizer, "lr": c.lr, "group_size": c.group_size, "adv_estimator": c.adv_estimator}
+
+
+def sweep_rows(settings: Sequence[Setting], emb: EmbeddedConfig, progress: bool = True) -> list[dict]:
+    """One row per setting: category, label, its config values and `weight_r2_row` of its run.
+
+    Runs are trained if missing; a run shared by several settings (the baseline) is analysed once.
+    """
+    rows, seen = [], {}
+    for s in tqdm(settings, desc="runs of the sweep", disable=not progress):
+        run = ensure_run(s, emb, progress)
+        key = (str(run), s.max_step)
+        if key not in seen:
+            seen[key] = weight_r2_row(run, s.max_step)
+        rows.append({"category": s.category, "label": s.label, **setting_fields(s), **seen[key], "run": run.name})
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------
+# A table cached as JSON (computed at the cpu profile, read at smoke)
+
+
+def settings_record(settings: Sequence[Setting]) -> list[dict]:
+    """The settings as JSON-able dicts (what a cached table was computed from)."""
+    return [{"category": s.category, "label": s.label, "kind": type(s.config).__name__,
+             "config": to_jsonable(s.config), "max_step": s.max_step} for s in settings]
+
+
+def save_table(path: str | Path, rows: Sequence[dict], settings: Sequence[Setting], note: str = "") -> Path:
+    """Write {"settings", "rows", "note"} as JSON; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"note": note, "settings": settings_record(settings), "rows": list(rows)}, indent=1) + "\n")
+    return path
+
+
+def load_table(path: str | Path) -> dict:
+    """A table written by `save_table`: {"note", "settings", "rows"}."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no cached table at {path}: run the notebook at the cpu profile to compute it")
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict) or not {"settings", "rows"} <= set(data):
+        raise ValueError(f"{path} is not a table written by rlvr_nb.robustness.save_table (needs 'settings' and 'rows')")
+    return data
+
+
+def cached_rows(path: str | Path, settings: Sequence[Setting], emb: EmbeddedConfig, recompute: bool = False,
+                progress: bool = True, note: str = "") -> tuple[list[dict], str]:
+    """The sweep's rows from the cached table at `path` when it was computed from exactly these settings;
+    otherwise (missing, different settings, or recompute=True) computed with `sweep_rows` and written there.
+
+    Returns (rows, "read from <path>" or "computed, written to <path>").
+    """
+    path = Path(path)
+    if not recompute and path.is_file():
+        data = load_table(path)
+        if data["settings"] == json.loads(json.dumps(settings_record(settings))):
+            return data["rows"], f"read from {path}"
+    rows = sweep_rows(settings, emb, progress)
+    save_table(path, rows, settings, note)
+    return rows, f"computed, written to {path}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Findings
+
+
+def snr_finding(rows: Sequence[dict], moderate: Sequence[float] = (-5.0, -10.0, -15.0), lowest: float = -20.0,
+                stat: str = "median", margin: float = 0.02) -> dict:
+    """Finding (c) of PAPER.md Sec. 5 on the rows of one `snr_settings` sweep.
+
+    Holds when the best moderate-negative-SNR value of `stat` exceeds plain SFT's by more than `margin`,
+    and both the lowest SNR and the zero-signal control fall back below that peak by more than `margin`.
+    """
+    by = {r["label"]: r for r in rows}
+    need = ["plain SFT", f"{lowest:g} dB", "zero signal"] + [f"{db:g} dB" for db in moderate]
+    missing = [k for k in need if k not in by]
+    if missing:
+        raise ValueError(f"the sweep lacks {missing}; finding (c) needs plain SFT, {list(moderate)} dB, {lowest} dB "
+                         "and zero signal")
+    plain = by["plain SFT"][stat]
+    peak_db = max(moderate, key=lambda db: by[f"{db:g} dB"][stat])
+    peak = by[f"{peak_db:g} dB"][stat]
+    low, zero = by[f"{lowest:g} dB"][stat], by["zero signal"][stat]
+    rises = peak > plain + margin
+    falls = low < peak - margin and zero < peak - margin
+    return {"stat": stat, "plain": plain, "peak_db": peak_db, "peak": peak, "lowest_db": lowest, "lowest": low,
+            "zero_signal": zero, "rises": rises, "falls_back": falls, "holds": rises and falls}
+
+
+def describe_snr_finding(rows: Sequence[dict], **kw) -> str:
+    """Finding (c) for one sweep as a sentence built from its numbers (`snr_finding`'s test), or why it cannot be judged."""
+    cat = rows[0]["category"] if rows else "?"
+    try:
+        f = snr_finding(rows, **kw)
+    except ValueError as e:
+        return f"{cat}: finding (c) cannot be judged here ({e})."
+    verdict = "holds" if f["holds"] else "does not hold"
+    why = [] if f["rises"] else [f"no moderate SNR beats plain SFT by more than {kw.get('margin', 0.02)}"]
+    if f["rises"] and not f["falls_back"]:
+        why.append("the lowest SNR or the zero-signal control does not fall back below the peak")
+    return (f"{cat}: finding (c) {verdict}: {f['stat']} R^2 plain SFT {f['plain']:.3f}, best moderate SNR "
+            f"{f['peak_db']:g} dB {f['peak']:.3f}, {f['lowest_db']:g} dB {f['lowest']:.3f}, zero signal "
+            f"{f['zero_signal']:.3f}" + (f" ({'; '.join(why)})." if why else "."))
+
+
+# --------------------------------------------------------------------------------------------------
+# Figures
+
+
+def plot_snr_sweep(rows: Sequence[dict], paper: dict | None = None) -> Figure:
+    """Figure 3 on our model: weight R^2 (mean and median of active parameters) against the injected SNR,
+    one panel per SFT learning rate, with plain SFT as dotted lines and the mean +/- std as a band.
+
+    paper: optional {"median": ..., "baseline_median": ...} to mark the paper's peak and baseline.
+    """
+    cats = list(dict.fromkeys(r["category"] for r in rows))
+    fig, axes = plt.subplots(1, len(cats), figsize=(6.2 * len(cats), 4.3), squeeze=False, sharey=True)
+    for ax, cat in zip(axes[0], cats):
+        sweep = [r for r in rows if r["category"] == cat and r["label"] != "plain SFT"]
+        sweep.sort(key=lambda r: math.inf if r["zero_signal"] else -r["snr_db"])  # 10 dB ... -20 dB, zero signal
+        x = np.arange(len(sweep))
+        mean = np.array([r["mean"] for r in sweep], dtype=float)
+        std = np.array([r["std"] for r in sweep], dtype=float)
+        med = np.array([r["median"] for r in sweep], dtype=float)
+        ax.fill_between(x, mean - std, mean + std, color="C0", alpha=0.12, label="mean +/- std")
+        ax.plot(x, mean, "o-", color="C0", label="mean R$^2$ (active params)")
+        ax.plot(x, med, "s-", color="C1", label="median R$^2$ (active params)")
+        plain = next((r for r in rows if r["category"] == cat and r["label"] == "plain SFT"), None)
+        if plain is not None:
+            ax.axhline(plain["mean"], color="C0", ls=":", label=f"plain SFT mean {plain['mean']:.2f}")
+            ax.axhline(plain["median"], color="C1", ls=":", label=f"plain SFT median {plain['median']:.2f}")
+        if len(sweep):
+            i = int(np.nanargmax(med))
+            ax.annotate(f"peak median\n{sweep[i]['label']}, {med[i]:.3f}", (x[i], med[i]), xytext=(0, 28),
+                        textcoords="offset points", ha="center", fontsize=8, arrowprops={"arrowstyle": "->"})
+        if paper:
+            ax.axhline(paper["median"], color="0.5", ls="--", lw=0.8, label=f"paper: peak median {paper['median']}")
+            ax.axhline(paper["baseline_median"], color="0.5", ls="-.", lw=0.8,
+                       label=f"paper: SFT baseline median {paper['baseline_median']}")
+        ax.set_xticks(x, [r["label"].replace(" dB", "") if not r["zero_signal"] else "zero\nsignal" for r in sweep])
+        ax.set(xlabel="injected SNR (dB)", title=cat, ylim=(0, 1))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left")
+    axes[0, 0].set_ylabel("weight R$^2$")
+    fig.tight_layout()
+    return fig
+
+
+def plot_robustness(rows: Sequence[dict], threshold: float = 0.7) -> Figure:
+    """Figure 2 (weights) on our model: median weight R^2 (dot) and interquartile range (bar) per setting,
+    grouped by the factor varied, with the strong-linearity threshold dashed."""
+    cats = list(dict.fromkeys(r["category"] for r in rows))
+    fig, ax = plt.subplots(figsize=(7.5, 0.42 * len(rows) + 1.2))
+    y, ticks, labels = 0, [], []
+    for c, cat in enumerate(cats):
+        group = [r for r in rows if r["category"] == cat]
+        for r in group:
+            ax.errorbar(r["median"], y, xerr=[[r["median"] - r["q25"]], [r["q75"] - r["median"]]], fmt="o",
+                        color=f"C{c}", capsize=3)
+            ticks.append(y)
+            labels.append(f"{cat}: {r['label']}" if cat else r["label"])
+            y -= 1
+        y -= 0.6
+    ax.axvline(threshold, color="0.5", ls="--", lw=1, label=f"R$^2$ = {threshold}")
+    ax.set_yticks(ticks, labels, fontsize=8)
+    ax.set(xlim=(0, 1), xlabel="weight R$^2$ of active parameters (dot: median, bar: Q1-Q3)",
+           title="Weight linearity of RL runs, one factor changed at a time")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+def table_rows(rows: Sequence[dict], keys: Sequence[str]) -> list[dict]:
+    """Rows cut to `keys` (for `report.markdown_table`); a missing key shows as an empty cell."""
+    return [{k: ("" if r.get(k) is None else r.get(k)) for k in keys} for r in rows]
+

@@ -1,0 +1,176 @@
+"""Sec. 6 read off: paired comparisons, finding (e) from a Figure 5 curve (peak, rise, fall, vs RL at the
+same step), Table 1 rows and the late-stage decline, weight distances, and a tiny end-to-end run."""
+
+import json
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import pytest
+import torch
+
+from rlvr_nb.evaluate import EvalConfig, EvalResult, mean_ci
+from rlvr_nb.extrapolation_results import (
+    accuracy_grid, compare, displacement_cosine, distance_from, late_stage_decline, logits_extrapolation_rows,
+    plot_distance, plot_extrapolation_curves, rl_accuracy, summarize_extrapolation, weight_extrapolation_curves,
+)
+from rlvr_nb.models import ModelConfig, build_model, build_tokenizer
+from rlvr_nb.tasks import AdditionTask, TaskConfig
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def result(per_question, k=4):
+    lo, hi = mean_ci(per_question)
+    return EvalResult(avg_at_k=sum(per_question) / len(per_question), ci_low=lo, ci_high=hi, pass_at_k={1: 0.0},
+                      per_question=list(per_question), n_correct=[round(p * k) for p in per_question], k=k)
+
+
+def shifted(base, delta):
+    """Questions 0..n-1 of `base` with delta added to every other one: a clear paired difference."""
+    return result([min(1.0, max(0.0, p + (delta if i % 2 == 0 else delta / 2))) for i, p in enumerate(base)])
+
+
+BASE_Q = [0.25, 0.5, 0.5, 0.75] * 25  # 100 questions
+
+
+def test_compare_is_paired_and_gives_verdicts():
+    a, b = result(BASE_Q), shifted(BASE_Q, 0.2)
+    c = compare(b, a)
+    assert c.diff == pytest.approx(0.15) and c.ci_low > 0 and c.verdict == "beats"
+    assert compare(a, b).verdict == "below"
+    assert compare(a, a).verdict == "matches" and compare(a, a).diff == 0
+    # unpaired CIs overlap, the paired one does not: noise shared by the questions cancels
+    noisy = result([0.0, 1.0] * 50)
+    up = result([0.05, 1.0] * 50)
+    assert up.ci_low < noisy.ci_high and compare(up, noisy).verdict == "beats"
+    with pytest.raises(ValueError, match="same non-empty question set"):
+        compare(a, result([0.5] * 3))
+
+
+def test_summarize_extrapolation_rise_peak_fall_and_rl_comparison():
+    rl = {0: result(BASE_Q), 200: shifted(BASE_Q, 0.1), 300: shifted(BASE_Q, 0.12), 400: shifted(BASE_Q, 0.15)}
+    curve = {1.0: rl[200], 1.5: shifted(BASE_Q, 0.16), 2.0: shifted(BASE_Q, 0.2), 3.0: shifted(BASE_Q, -0.1)}
+    f = summarize_extrapolation(curve, 0, 200, rl)
+    assert (f.peak_alpha, f.peak_target) == (2.0, 400.0)
+    assert f.rises and f.falls and f.holds
+    assert f.gain_at_peak.diff == pytest.approx(0.075)
+    # targets 300 (alpha 1.5) and 400 (alpha 2) are RL checkpoints; 600 (alpha 3) is not
+    assert [(a, t) for a, t, _ in f.vs_rl] == [(1.5, 300.0), (2.0, 400.0)]
+    assert [c.verdict for _, _, c in f.vs_rl] == ["beats", "beats"]
+    assert [t for _, t, _ in f.matches_or_beats_rl] == [300.0, 400.0]
+    assert "peak" in f.sentence() and "400" in f.sentence()
+
+
+def test_summarize_extrapolation_when_the_finding_fails():
+    rl = {0: result(BASE_Q), 200: shifted(BASE_Q, 0.1), 300: shifted(BASE_Q, 0.2)}
+    falling = {1.5: shifted(BASE_Q, 0.0), 2.0: shifted(BASE_Q, -0.1)}  # alpha 1 (from rl) is the peak
+    f = summarize_extrapolation(falling, 0, 200, rl)
+    assert f.peak_alpha == 1.0 and not f.rises and not f.holds and f.falls
+    assert [c.verdict for _, _, c in f.vs_rl] == ["below"] and f.matches_or_beats_rl == []
+    rising = {1.5: shifted(BASE_Q, 0.2), 2.0: shifted(BASE_Q, 0.3)}  # never turns down: no fall
+    g = summarize_extrapolation(rising, 0, 200, rl)
+    assert g.rises and g.drop_after_peak is None and not g.falls and not g.holds
+    assert g.vs_rl[0][2].verdict == "matches"  # 300: extrapolated equals RL
+    with pytest.raises(ValueError, match="empty curve"):
+        summarize_extrapolation({}, 0, 200, rl)
+    with pytest.raises(ValueError, match="t_second=250"):
+        summarize_extrapolation({1.5: rl[300]}, 0, 250, rl)
+
+
+def test_late_stage_decline():
+    rl = {0: result(BASE_Q), 100: shifted(BASE_Q, 0.2), 200: shifted(BASE_Q, 0.05)}
+    late = late_stage_decline(rl)
+    assert (late.best_step, late.last_step) == (100, 200) and late.declines and "late-stage decline" in late.sentence()
+    rising = late_stage_decline({0: result(BASE_Q), 100: shifted(BASE_Q, 0.2)})
+    assert not rising.declines and "last one" in rising.sentence()
+    with pytest.raises(ValueError):
+        late_stage_decline({})
+
+
+def save_ckpt(d, model, tok, step):
+    model.save_pretrained(d)
+    tok.save_pretrained(d)
+    (d / "trainer_state.json").write_text(json.dumps({"step": step}))
+    return d
+
+
+@pytest.fixture(scope="module")
+def line_run(tmp_path_factory):
+    """Checkpoints at steps 0, 10, 20, 30, 40 on an exact straight line W_0 + t/10 * D."""
+    tok = build_tokenizer()
+    torch.manual_seed(0)
+    m0 = build_model(ModelConfig(), tok)
+    sd0 = {k: v.clone() for k, v in m0.state_dict().items()}
+    g = torch.Generator().manual_seed(1)
+    direction = {k: 0.01 * torch.randn(v.shape, generator=g) for k, v in sd0.items()}
+    root = tmp_path_factory.mktemp("run")
+    ckpts = {}
+    for step in (0, 10, 20, 30, 40):
+        m0.load_state_dict({k: sd0[k] + step / 10 * direction[k] for k in sd0})
+        ckpts[step] = save_ckpt(root / f"step_{step}", m0, tok, step)
+    norm = math.sqrt(sum(float((d.double() ** 2).sum()) for d in direction.values()))
+    return ckpts, norm
+
+
+def test_distance_and_cosine_of_a_straight_line(line_run):
+    ckpts, norm = line_run
+    d = distance_from(ckpts, 0)
+    assert d[0] == 0 and all(d[s] == pytest.approx(s / 10 * norm, rel=1e-5) for s in ckpts)
+    assert displacement_cosine(ckpts, 0, 20, 40) == pytest.approx(1.0, abs=1e-5)
+    assert displacement_cosine(ckpts, 20, 40, 0) == pytest.approx(-1.0, abs=1e-5)
+    with pytest.raises(ValueError, match="no checkpoint at step"):
+        distance_from(ckpts, 5)
+    fig, ax = plt.subplots()
+    plot_distance(ax, d, 0)
+    assert ax.get_xlabel() == "RL step t"
+    plt.close(fig)
+
+
+def test_curves_and_table_end_to_end(tmp_path, line_run):
+    ckpts, _ = line_run
+    problems = AdditionTask(TaskConfig(n_eval=6)).eval_problems
+    cfg = EvalConfig(k=2, max_new_tokens=6, temperature=0.6, top_p=0.95)
+    rl = {0.6: rl_accuracy(ckpts, problems, cfg, cache_dir=tmp_path / "cache", progress=False)}
+    curves = weight_extrapolation_curves(ckpts, 0, [10, 20], [1.0, 2.0], tmp_path / "extra", problems, cfg,
+                                         cache_dir=tmp_path / "cache", progress=False)
+    # alpha = 1 is the t_1 checkpoint itself; alpha = 2 from a straight line lands on the checkpoint at 2 t_1
+    # (up to float rounding), so it samples like RL there
+    assert curves[10][1.0].per_question == rl[0.6][10].per_question
+    assert curves[20][2.0].avg_at_k == pytest.approx(rl[0.6][40].avg_at_k, abs=0.25)
+    assert not (tmp_path / "extra" / "step_0-to-step_10-alpha1").exists()
+    f = summarize_extrapolation(curves[20], 0, 20, rl[0.6])
+    assert [t for _, t, _ in f.vs_rl] == [40.0]
+    grid = accuracy_grid(curves)
+    assert grid[10][0] == [1.0, 2.0] and len(grid[10][1]) == 2
+    fig, ax = plt.subplots()
+    plot_extrapolation_curves(ax, curves, 0, rl[0.6], k=2)
+    assert "target step" in ax.get_xlabel() and len(ax.get_legend().get_texts()) == 3
+    plt.close(fig)
+
+    rows = logits_extrapolation_rows(ckpts, [(10, 20)], 1.5, [(0.6, 0.95)], problems, cfg, rl,
+                                     cache_dir=tmp_path / "cache", progress=False)
+    (row,) = rows
+    assert row.t_target == 25.0 and row.rl_target is None and row.rl_same_step is rl[0.6][20]
+    assert "not a checkpoint" in row.as_dict(last_step=40)["RL at target"]
+    (row,) = logits_extrapolation_rows(ckpts, [(20, 30)], 2.0, [(0.6, 0.95)], problems, cfg, rl,
+                                       cache_dir=tmp_path / "cache", progress=False)
+    assert row.t_target == 40.0 and row.rl_target is rl[0.6][40] and row.vs_target is not None
+    (row,) = logits_extrapolation_rows(ckpts, [(20, 40)], 1.5, [(0.6, 0.95)], problems, cfg, rl,
+                                       cache_dir=tmp_path / "cache", progress=False)
+    assert "beyond the run" in row.as_dict(last_step=40)["RL at target"]
+    with pytest.raises(ValueError, match="no checkpoint at step"):
+        logits_extrapolation_rows(ckpts, [(0, 15)], 1.5, [(0.6, 0.95)], problems, cfg, rl, progress=False)
+    with pytest.raises(ValueError, match="no RL evaluation at temperature"):
+        logits_extrapolation_rows(ckpts, [(0, 10)], 1.5, [(1.0, 1.0)], problems, cfg, rl, progress=False)
+    with pytest.raises(ValueError, match="after t_base"):
+        weight_extrapolation_curves(ckpts, 20, [10], [1.5], tmp_path / "extra", problems, cfg, progress=False)
