@@ -326,15 +326,19 @@ def plot_trajectory_decomposition(pairs: Sequence[PairChange]) -> Figure:
     return fig
 
 
-def plot_output_change_histogram(values: dict[str, np.ndarray], layer_name: str = "", bins: int = 60) -> Figure:
-    """Figure 4's histogram: the elements of each part of one layer's output change."""
+def plot_output_change_histogram(values: dict[str, np.ndarray], layer_name: str = "", bins: int = 241) -> Figure:
+    """Figure 4's histogram: the elements of each part of one layer's output change (log density, so the
+    narrow parts stay visible beside the wide one; the legend gives each part's root mean square)."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
     lim = float(np.quantile(np.abs(values["total"]), 0.999)) or 1.0
     edges = np.linspace(-lim, lim, bins + 1)
     for key, label, color in (("input", "from input change", "C0"), ("weight", "from weight change", "C1"),
                               ("second_order", "second order", "C3")):
-        ax.hist(np.clip(values[key], -lim, lim), bins=edges, density=True, alpha=0.55, color=color, label=label)
-    ax.set(xlabel="change of output", ylabel="density", title=layer_name)
+        rms = float(np.sqrt(np.mean(np.square(values[key], dtype=np.float64))))
+        ax.hist(np.clip(values[key], -lim, lim), bins=edges, density=True, alpha=0.55, color=color,
+                label=f"{label} (rms {rms:.2g})")
+    ax.set(xlabel="change of output (clipped to the 99.9% range of the total)", ylabel="density (log)", yscale="log",
+           title=layer_name)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

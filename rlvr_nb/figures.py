@@ -78,12 +78,13 @@ def module_layer_grid(per_module_layer: Mapping[tuple[str, int], R2Summary], sta
 def plot_module_layer_heatmap(runs: Mapping[str, Mapping[tuple[str, int], R2Summary]], stat: str = "median"
                               ) -> plt.Figure:
     """Median R^2 per module type (rows) and layer (columns), one panel per run; '-' is outside the stack."""
-    fig, axes = plt.subplots(1, len(runs), figsize=(1.2 + 4.5 * len(runs), 4), squeeze=False)
-    for ax, (label, grid_in) in zip(axes[0], runs.items()):
-        modules, layers, grid = module_layer_grid(grid_in, stat)
+    grids = {label: module_layer_grid(grid_in, stat) for label, grid_in in runs.items()}
+    shared = len({tuple(g[0]) for g in grids.values()}) == 1  # same module types: label the rows once
+    fig, axes = plt.subplots(1, len(runs), figsize=(1.2 + (4.5 if shared else 6.0) * len(runs), 4), squeeze=False)
+    for k, (ax, (label, (modules, layers, grid))) in enumerate(zip(axes[0], grids.items())):
         im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
         ax.set_xticks(range(len(layers)), ["-" if layer < 0 else str(layer) for layer in layers])
-        ax.set_yticks(range(len(modules)), modules, fontsize=7)
+        ax.set_yticks(range(len(modules)), modules if k == 0 or not shared else [], fontsize=7)
         ax.set_xlabel("layer")
         ax.set_title(f"{label}: {stat} R$^2$")
         for i in range(grid.shape[0]):
@@ -91,6 +92,8 @@ def plot_module_layer_heatmap(runs: Mapping[str, Mapping[tuple[str, int], R2Summ
                 if np.isfinite(grid[i, j]) and grid.size <= 400:
                     ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=6,
                             color="white" if grid[i, j] < 0.6 else "black")
+    if not shared:
+        fig.subplots_adjust(wspace=0.8)
     fig.colorbar(im, ax=axes[0].tolist(), fraction=0.03)
     return fig
 
@@ -114,5 +117,83 @@ def plot_example_trajectories(examples: Sequence[Example], steps: Sequence[int],
     axes[0][0].set_ylabel(ylabel)
     if title:
         fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_examples_by_run(runs: Mapping[str, tuple[Sequence[Example], Sequence[int]]], ylabel: str = "weight",
+                         title: str | None = None) -> plt.Figure:
+    """Fig. 1 (c, d) for several runs: one row of example trajectories (with their lines and R^2) per run."""
+    n = max((len(ex) for ex, _ in runs.values()), default=1) or 1
+    fig, axes = plt.subplots(len(runs), n, figsize=(3.2 * n, 2.6 * len(runs)), squeeze=False)
+    for row, (label, (examples, steps)) in zip(axes, runs.items()):
+        t = np.asarray(steps, np.float64)
+        color = COLORS.get(label.split()[0], None)
+        for ax, e in zip(row, examples):
+            intercept = e.values.mean() - e.slope * t.mean()
+            ax.plot(t, e.values, "o", ms=3, color=color)
+            ax.plot(t, intercept + e.slope * t, "-", lw=1, color="gray")
+            name = e.name.removeprefix("model.")
+            name = name if len(name) <= 30 else "…" + name[-29:]
+            ax.set_title(f"{name if ' ' in name else f'{name}[{e.index}]'}\nR$^2$ = {e.r2:.3f}", fontsize=7)
+            ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+            ax.tick_params(labelsize=7)
+        for ax in row[len(examples):]:
+            ax.axis("off")
+        row[0].set_ylabel(f"{label}\n{ylabel}", fontsize=9)
+    for ax in axes[-1]:
+        ax.set_xlabel("step")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_comparison_medians(rows: Sequence[dict], paper: Mapping[str, float], title: str) -> plt.Figure:
+    """Median R^2 of RL and SFT side by side under each comparison (rows of
+    `comparisons.comparison_rows`), with the paper's RL and SFT medians as dashed lines."""
+    rows = [r for r in rows if isinstance(r.get("RL median"), float) and r["comparison"] != "paper (Sec. 4)"]
+    fig, ax = plt.subplots(figsize=(1.6 + 1.7 * len(rows), 3.6))
+    x = np.arange(len(rows))
+    for k, (kind, off) in enumerate((("RL", -0.18), ("SFT", 0.18))):
+        vals = [r[f"{kind} median"] for r in rows]
+        bars = ax.bar(x + off, vals, width=0.36, color=COLORS[kind], label=f"{kind} (ours)")
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+        ax.axhline(paper[kind], color=COLORS[kind], ls="--", lw=1, label=f"{kind}, paper: {paper[kind]:.2f}")
+    ax.set_xticks(x, [r["comparison"].replace(" ", "\n", 1) for r in rows], fontsize=8)
+    ax.set_ylim(0, 1.3)
+    ax.set_yticks(np.linspace(0, 1, 6))
+    ax.set_ylabel("median R$^2$")
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="upper center", ncol=4)
+    fig.tight_layout()
+    return fig
+
+
+def plot_sweep(rows: Sequence[dict], target: float = 0.85) -> plt.Figure:
+    """The tuning sweep: weight and token log-prob median R^2 and held-out accuracy gain per setting, one
+    panel per factor (each with the baseline), the findings' target as a dotted line."""
+    base = [r for r in rows if r["factor"] == "baseline"]
+    factors = list(dict.fromkeys(r["factor"] for r in rows if r["factor"] != "baseline"))
+    fig, axes = plt.subplots(1, max(len(factors), 1), figsize=(4.2 * max(len(factors), 1), 3.4), squeeze=False)
+    key_of = {"learning rate": "lr", "prompts per step": "rollouts", "steps": "steps"}
+    for ax, factor in zip(axes[0], factors):
+        key = key_of.get(factor, "setting")
+        pts = [r for r in rows if r["factor"] == factor] + base
+        pts = sorted(pts, key=lambda r: (int(r[key].split("x")[0]) if key == "rollouts" else r[key]))
+        labels = [f"{r[key]:g}" if key == "lr" else str(r[key]) for r in pts]
+        xs = np.arange(len(pts))
+        ax.plot(xs, [r["weight median"] for r in pts], "o-", label="weight R$^2$ median")
+        if any(r.get("token median") is not None for r in pts):
+            ax.plot(xs, [np.nan if r.get("token median") is None else r["token median"] for r in pts], "s-",
+                    label="token log-prob R$^2$ median")
+        ax.plot(xs, [r["acc end"] - r["acc start"] for r in pts], "^:", color="gray", label="held-out accuracy gain")
+        ax.axhline(target, color="k", ls=":", lw=0.8)
+        ax.set_xticks(xs, labels, fontsize=8)
+        ax.set_xlabel(factor + ("" if key == "steps" else " (baseline included)"))
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7, loc="lower left")
+    fig.suptitle("tuning sweep of the embedded RL run (one factor at a time)", fontsize=10)
     fig.tight_layout()
     return fig

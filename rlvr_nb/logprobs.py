@@ -13,6 +13,7 @@ and the last checkpoint are kept, and each gets the R^2 of its least-squares lin
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -83,6 +84,23 @@ def probes_from_first_checkpoint(traj: Trajectory, prompts: Sequence[str], cfg: 
     return sample_probes(load_model(traj.dirs[0]), load_tokenizer(traj.dirs[0]), prompts, cfg, progress)
 
 
+def probe_file(run_dir: str | Path, prompts: Sequence[str], cfg: ProbeConfig) -> Path:
+    """Where the probes of these prompts and this config live under a run: <run>/probes/probes-<hash>.jsonl."""
+    blob = json.dumps({"prompts": list(prompts), "config": asdict(cfg)}, sort_keys=True)
+    return Path(run_dir) / "probes" / f"probes-{hashlib.sha256(blob.encode()).hexdigest()[:10]}.jsonl"
+
+
+def ensure_probes(traj: Trajectory, run_dir: str | Path, prompts: Sequence[str], cfg: ProbeConfig = ProbeConfig(),
+                  progress: bool = True) -> tuple[list[Probe], Path]:
+    """The probes of `probes_from_first_checkpoint`, read from `probe_file(run_dir, ...)` when already saved
+    there, else sampled and saved there. Returns (probes, their JSONL file)."""
+    path = probe_file(run_dir, prompts, cfg)
+    if path.is_file():
+        return load_probes(path), path
+    probes = probes_from_first_checkpoint(traj, prompts, cfg, progress)
+    return probes, save_probes(probes, path)
+
+
 def save_probes(probes: Sequence[Probe], path: str | Path) -> Path:
     """One JSON object per line: prompt, response_ids, response_text."""
     path = Path(path)
@@ -112,7 +130,7 @@ def load_probes(path: str | Path) -> list[Probe]:
 
 def teacher_forced_batch(tokenizer, probes: Sequence[Probe]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded prompt + response ids, attention mask and response-token mask, all [B, L]."""
-    prompt_ids = [tokenizer(p.prompt, add_special_tokens=False)["input_ids"] for p in probes]
+    prompt_ids = tokenizer([p.prompt for p in probes], add_special_tokens=False)["input_ids"]  # one batched call
     L = max(len(a) + len(p.response_ids) for a, p in zip(prompt_ids, probes))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     ids = torch.full((len(probes), L), pad, dtype=torch.long)
@@ -126,12 +144,18 @@ def teacher_forced_batch(tokenizer, probes: Sequence[Probe]) -> tuple[torch.Tens
     return ids, attn, resp
 
 
+def teacher_forced_batches(tokenizer, probes: Sequence[Probe], batch_size: int = 256) -> list[tuple[torch.Tensor, ...]]:
+    """`teacher_forced_batch` of every slice of `batch_size` probes (built once, reused at every checkpoint)."""
+    return [teacher_forced_batch(tokenizer, probes[i : i + batch_size]) for i in range(0, len(probes), batch_size)]
+
+
 @torch.no_grad()
-def response_logprobs(model: PreTrainedModel, tokenizer, probes: Sequence[Probe], batch_size: int = 256) -> np.ndarray:
-    """Teacher-forced log p(y_i | x, y_<i) of every response token of every probe, in probe order [N]."""
+def response_logprobs(model: PreTrainedModel, tokenizer, probes: Sequence[Probe], batch_size: int = 256,
+                      batches: list[tuple[torch.Tensor, ...]] | None = None) -> np.ndarray:
+    """Teacher-forced log p(y_i | x, y_<i) of every response token of every probe, in probe order [N].
+    `batches`: the probes already encoded by `teacher_forced_batches` (skips the tokenizer)."""
     out = []
-    for i in range(0, len(probes), batch_size):
-        ids, attn, resp = teacher_forced_batch(tokenizer, probes[i : i + batch_size])  # [B, L]
+    for ids, attn, resp in batches if batches is not None else teacher_forced_batches(tokenizer, probes, batch_size):
         logits = model(input_ids=ids, attention_mask=attn).logits.float()  # [B, L, V]
         logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None]).squeeze(-1)  # [B, L-1]
         out.append(logp[resp[:, 1:]].double().numpy())  # response tokens, row by row
@@ -141,10 +165,10 @@ def response_logprobs(model: PreTrainedModel, tokenizer, probes: Sequence[Probe]
 def logprob_trajectories(traj: Trajectory, probes: Sequence[Probe], batch_size: int = 256,
                          progress: bool = True) -> np.ndarray:
     """Log-prob of every probe response token at every checkpoint: [T, N] float64."""
-    tokenizer = load_tokenizer(traj.dirs[0])
+    batches = teacher_forced_batches(load_tokenizer(traj.dirs[0]), probes, batch_size)
     rows = []
     for d in tqdm(traj.dirs, desc="teacher-forcing probes", unit="ckpt", disable=not progress):
-        rows.append(response_logprobs(load_model(d), tokenizer, probes, batch_size))
+        rows.append(response_logprobs(load_model(d), None, probes, batches=batches))
     return np.stack(rows)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers.utils import logging as hf_logging
 
 CHARS = "0123456789+="
 PAD, EOS = "<pad>", "<eos>"
@@ -72,7 +73,13 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32) -> Qwen2For
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"no model directory at {path}")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=False, use_safetensors=True)
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar per checkpoint (analyses load dozens)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=False, use_safetensors=True)
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
     return model.eval()
 
 

@@ -42,7 +42,7 @@ EMBEDDED: dict[str, EmbeddedConfig] = {
 # AdamW, clip 0.2/0.28, token-mean loss, no KL: the paper's recipe at tiny scale.
 RL_RUNS: dict[str, RLConfig] = {
     "smoke": RLConfig(steps=40, prompts_per_step=8, group_size=8, lr=1e-4, ckpt_every=10, eval_problems=64),
-    "cpu": RLConfig(steps=1000, prompts_per_step=32, group_size=16, lr=1e-4, ckpt_every=50, eval_problems=256),
+    "cpu": RLConfig(steps=1000, prompts_per_step=32, group_size=16, lr=3e-5, ckpt_every=50, eval_problems=256),
     "gpu": RLConfig(steps=1400, prompts_per_step=128, group_size=16, lr=1e-6, ckpt_every=100, max_new_tokens=8192,
                     loss_agg="seq-mean-token-mean", eval_problems=500),
 }
@@ -55,12 +55,54 @@ PARAMS: dict[str, dict[str, dict]] = {
         "cpu": {"seed": 0},
         "gpu": {"seed": 0, "model_path": "", "data_path": "", "n_gpus": 1},
     },
-    # 02_weight_linearity: (owned by the 02/03 notebook author)
-    "02_weight_linearity": {p: {} for p in PROFILES},
-    # 03_logprob_linearity: (owned by the 02/03 notebook author)
-    "03_logprob_linearity": {p: {} for p in PROFILES},
+    # 02_weight_linearity: (owned by the 02/03 notebook author). The comparisons and the sweep train the
+    # embedded model (cached in runs/); smoke runs a two-point sweep into its output folder, cpu reads the
+    # committed table (run_sweep=True recomputes it), gpu analyses the run_dir you give and shows cpu's table.
+    "02_weight_linearity": {
+        "smoke": {"run_dir": None, "sft_run_dir": None, "base_dir": None, "sample_fraction": None,
+                  "compare": True, "customary_sft_lr": 1e-3, "seq_steps": 30, "run_sweep": True, "sweep_file": "",
+                  "sweep_lrs": [1e-4, 3e-4], "sweep_prompts": [4, 8], "sweep_steps": [30, 40], "responses_per_prompt": 2},
+        "cpu": {"run_dir": None, "sft_run_dir": None, "base_dir": None, "sample_fraction": None,
+                "compare": True, "customary_sft_lr": 1e-3, "seq_steps": 500, "run_sweep": False,
+                "sweep_file": "notebooks/data/02_sweep_cpu.json", "sweep_lrs": [3e-5, 5e-5, 1e-4, 3e-4],
+                "sweep_prompts": [16, 32], "sweep_steps": [250, 500, 1000], "responses_per_prompt": 8},
+        "gpu": {"run_dir": "", "sft_run_dir": "", "base_dir": None, "sample_fraction": None,
+                "compare": False, "customary_sft_lr": 1e-3, "seq_steps": 500,
+                "run_sweep": False, "sweep_file": "notebooks/data/02_sweep_cpu.json", "sweep_lrs": [3e-5, 5e-5, 1e-4, 3e-4],
+                "sweep_prompts": [16, 32], "sweep_steps": [250, 500, 1000], "responses_per_prompt": 8},
+    },
+    # 03_logprob_linearity: (owned by the 02/03 notebook author). Probes: responses_per_prompt samples from
+    # the first checkpoint for each held-out prompt (gpu: one prompt per line of prompts_file).
+    "03_logprob_linearity": {
+        "smoke": {"run_dir": None, "sft_run_dir": None, "base_dir": None, "prompts_file": None,
+                  "responses_per_prompt": 2, "activation_probes": 64, "max_coordinates": 20_000, "compare": True,
+                  "customary_sft_lr": 1e-3, "seq_steps": 30},
+        "cpu": {"run_dir": None, "sft_run_dir": None, "base_dir": None, "prompts_file": None,
+                "responses_per_prompt": 8, "activation_probes": 1024, "max_coordinates": 200_000, "compare": True,
+                "customary_sft_lr": 1e-3, "seq_steps": 500},
+        "gpu": {"run_dir": "", "sft_run_dir": "", "base_dir": None, "prompts_file": "",
+                "responses_per_prompt": 8, "activation_probes": 64, "max_coordinates": 200_000, "compare": False,
+                "customary_sft_lr": 1e-3, "seq_steps": 500},
+    },
     # 04_lowpass_theory: (owned by the 04 notebook author)
-    "04_lowpass_theory": {p: {} for p in PROFILES},
+    # The noisy-SFT sweep (Fig. 3) and the robustness grid (Fig. 2) train the embedded model at every profile;
+    # smoke reads the robustness table computed at cpu (notebooks/data/04_robustness_cpu.json).
+    "04_lowpass_theory": {
+        "smoke": {"theory_points": 10, "sim_params": 100, "snr_dbs": [-10.0], "sft_high_lr": 1e-3, "sft_steps": 15,
+                  "sft_ckpt_every": 5, "grad_batches": 8, "n_probe": 64, "robust_steps": 400, "robust_lrs": [3e-5, 1e-4],
+                  "sgd_lr": 0.01, "group_sizes": [16, 8], "estimators": ["grpo", "reinforce_pp"],
+                  "compute_robustness": False, "robustness_cache": "notebooks/data/04_robustness_cpu.json", "seed": 0},
+        "cpu": {"theory_points": 40, "sim_params": 400, "snr_dbs": [10.0, 0.0, -5.0, -10.0, -15.0, -20.0],
+                "sft_high_lr": 1e-3, "sft_steps": 500, "sft_ckpt_every": 50, "grad_batches": 100, "n_probe": 256,
+                "robust_steps": 400, "robust_lrs": [3e-5, 1e-4], "sgd_lr": 0.01, "group_sizes": [16, 8],
+                "estimators": ["grpo", "reinforce_pp"], "compute_robustness": True,
+                "robustness_cache": "notebooks/data/04_robustness_cpu.json", "seed": 0},
+        "gpu": {"theory_points": 40, "sim_params": 400, "snr_dbs": [10.0, 0.0, -5.0, -10.0, -15.0, -20.0],
+                "sft_high_lr": 1e-3, "sft_steps": 500, "sft_ckpt_every": 50, "grad_batches": 100, "n_probe": 256,
+                "robust_steps": 400, "robust_lrs": [3e-5, 1e-4], "sgd_lr": 0.01, "group_sizes": [16, 8],
+                "estimators": ["grpo", "reinforce_pp"], "compute_robustness": False,
+                "robustness_cache": "notebooks/data/04_robustness_cpu.json", "seed": 0},
+    },
     # 05_extrapolation: (owned by the 05 notebook author). Steps are checkpoints of the profile's RL run
     # (smoke: 40 steps, every 10; cpu: 1000 steps, every 50). sampling: [(temperature, top_p)], the first
     # is Figure 5's; Table 1 uses the paper's base/second/target ratio 200/1400/2000 (alpha 1.5).

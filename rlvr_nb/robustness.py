@@ -27,6 +27,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+import torch
 from matplotlib.figure import Figure
 from safetensors.numpy import load_file
 from tqdm.auto import tqdm
@@ -36,6 +37,7 @@ from .embedded import EmbeddedConfig, ensure_rl_run, ensure_sft_run
 from .grpo import RLConfig
 from .linearity import LinearityConfig, weight_linearity
 from .sft import SFTConfig
+from .tasks import AdditionTask
 from .trajectory import find_checkpoints, load_trajectory
 
 
@@ -95,6 +97,25 @@ def relative_weight_change(dir0: str | Path, dir1: str | Path) -> float:
     return math.sqrt(num / den) if den > 0 else math.nan
 
 
+def _flat_weights(d: str | Path) -> np.ndarray:
+    w = load_file(str(Path(d) / "model.safetensors"))
+    return np.concatenate([w[k].astype(np.float64).ravel() for k in sorted(w) if np.issubdtype(w[k].dtype, np.floating)])
+
+
+def drift_consistency(dirs: Sequence[str | Path]) -> float:
+    """cos(theta_mid - theta_first, theta_last - theta_mid) over checkpoint directories in step order.
+
+    About 1 for a constant drift (a straight line in weight space), about 0 for a random walk, negative when
+    the second half undoes the first (hovering around an optimum). mid is the middle checkpoint.
+    """
+    if len(dirs) < 3:
+        raise ValueError(f"need at least 3 checkpoints, got {len(dirs)}")
+    w0, wm, w1 = (_flat_weights(d) for d in (dirs[0], dirs[len(dirs) // 2], dirs[-1]))
+    a, b = wm - w0, w1 - wm
+    den = float(np.linalg.norm(a) * np.linalg.norm(b))
+    return float(a @ b) / den if den > 0 else math.nan
+
+
 def accuracy_at(run_dir: str | Path, step: int) -> dict[str, float | None]:
     """Held-out greedy and sampled accuracy recorded at a checkpoint step (None when not recorded)."""
     rec = next((r for r in read_metrics(run_dir) if r.get("step") == step and "heldout_greedy" in r), {})
@@ -107,7 +128,8 @@ def weight_r2_row(run_dir: str | Path, max_step: int | None = None, cfg: Lineari
 
     Keys: median, mean (over all active scalars), std, q25, q75 (from the histogram), frac_above (> 0.7),
     active and total (scalars kept / considered), checkpoints, last_step, rel_change (relative weight change
-    from the first to the last analysed checkpoint), acc_start, acc_end (held-out greedy accuracy).
+    from the first to the last analysed checkpoint), drift_cos (`drift_consistency`), acc_start, acc_end
+    (held-out greedy accuracy).
     """
     pairs = find_checkpoints(run_dir)
     if max_step is not None:
@@ -123,8 +145,44 @@ def weight_r2_row(run_dir: str | Path, max_step: int | None = None, cfg: Lineari
         "q75": round(hist_quantile(s.hist, 0.75), 4), "frac_above": row["frac_above"],
         "active": row["count"], "total": row["total"], "checkpoints": len(pairs), "last_step": pairs[-1][0],
         "rel_change": round(relative_weight_change(pairs[0][1], pairs[-1][1]), 4),
+        "drift_cos": round(drift_consistency([d for _, d in pairs]), 4),
         "acc_start": accuracy_at(run_dir, pairs[0][0])["greedy"], "acc_end": accuracy_at(run_dir, pairs[-1][0])["greedy"],
     }
+
+
+def gradient_snr(model, tokenizer, task: AdditionTask, batch_size: int, n_batches: int, snr_db: float | None = None,
+                 zero_signal: bool = False, seed: int = 0) -> dict:
+    """Per-step SNR of the (noise-injected) SFT gradient at a fixed model: for every scalar parameter,
+    |mean over batches| / std over batches of its gradient, summarised over parameters.
+
+    The loss is exactly `sft.train_sft`'s: the masked mean of the token NLL times
+    `lowpass.token_noise_weights(snr_db, zero_signal)`. This is the mu / sigma of the low-pass theory at the
+    model's current point. Returns median and mean over parameters, and floor: the median a parameter with no
+    signal at all would show with this many batches (|mean| / std of n Gaussian draws, about 0.67 / sqrt(n)).
+    """
+    from .lowpass import token_noise_weights
+    from .sft import sequence_batch, token_nll
+
+    if n_batches < 2 or batch_size < 1:
+        raise ValueError(f"need n_batches >= 2 and batch_size >= 1, got {n_batches} and {batch_size}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    gen = torch.Generator().manual_seed(seed)
+    total = sq = None
+    was_training = model.training
+    model.train()
+    for _ in range(n_batches):
+        ids, target_mask, L = sequence_batch(tokenizer, task.sample_train(batch_size, gen))
+        nll = token_nll(model, ids, L)  # [B, N]
+        if snr_db is not None or zero_signal:
+            nll = nll * token_noise_weights(nll.shape, snr_db, zero_signal, gen)
+        loss = (nll * target_mask).sum() / target_mask.sum()
+        g = torch.cat([x.reshape(-1) for x in torch.autograd.grad(loss, params)]).double()  # [P]
+        total, sq = (g, g * g) if total is None else (total + g, sq + g * g)
+    model.train(was_training)
+    mean = total / n_batches
+    std = (sq / n_batches - mean**2).clamp(min=0).sqrt() * math.sqrt(n_batches / (n_batches - 1))
+    snr = (mean.abs() / std.clamp(min=1e-30)).numpy()
+    return {"median": float(np.median(snr)), "mean": float(snr.mean()), "floor": 0.6745 / math.sqrt(n_batches)}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -3,11 +3,13 @@ tiny model (virtual-step ledger, extrapolated weights, optimizer keep/reset, res
 
 import json
 import math
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from rlvr_nb.checkpoints import list_checkpoints
 from rlvr_nb.grpo import RLConfig
@@ -213,3 +215,30 @@ def test_speedup_summary_pivots_seeds():
     first, second = row["speed-up per seed"].split(" / ")
     assert float(first) == pytest.approx(2.0, rel=0.03) and second.startswith("<")
     assert row["median over seeds reaching it"] == pytest.approx(2.0, rel=0.03)
+
+
+def test_verl_blocks_are_successive_fresh_verl_runs(tmp_path, init_dir, monkeypatch):
+    """trainer='verl': each block is one `run_verl` call from the current model (a fake verl here, which writes
+    the ingested layout: step_0 = the start model, step_m = it perturbed)."""
+    import rlvr_nb.verl_launcher as vl
+
+    calls = []
+
+    def fake_run_verl(cfg, dry_run=False, progress=True):
+        calls.append(cfg)
+        for step, shift in ((0, 0.0), (cfg.steps, 0.01)):
+            d = Path(cfg.output_dir) / "checkpoints" / f"step_{step}"
+            shutil.copytree(cfg.model_path, d)
+            w = weights(d)
+            save_file({k: v + shift if "norm" not in k else v for k, v in w.items()}, str(d / "model.safetensors"),
+                      metadata={"format": "pt"})
+
+    monkeypatch.setattr(vl, "run_verl", fake_run_verl)
+    cfg = RegroundConfig(m=3, n=3, budget=6, optimizer="reset")
+    run = run_regrounding(cfg, RL, init_dir, tmp_path / "rg", TASK, trainer="verl", progress=False,
+                          verl_options={"train_data": None, "n_gpus": 1})
+    assert [(c.steps, c.seed, c.embedded_digits) for c in calls] == [(3, 0, 2), (3, 1000, 2)]
+    assert calls[1].model_path == str(run / "models/block_0")  # block 1 starts from the extrapolated model
+    name = "model.layers.0.mlp.up_proj.weight"
+    assert torch.allclose(weights(run / "models/block_1")[name] - weights(init_dir)[name],
+                          torch.full_like(weights(init_dir)[name], 0.04), atol=1e-5)  # 2 x (0.01 x alpha 2)

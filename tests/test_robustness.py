@@ -198,3 +198,30 @@ def test_figures():
     assert len(fig2.axes[0].get_yticks()) == 4
     table = rb.table_rows([{"a": 1, "b": None}], ["a", "b", "c"])
     assert table == [{"a": 1, "b": "", "c": ""}]
+
+
+def test_drift_consistency_tells_a_line_from_a_walk_and_a_return(tmp_path):
+    line = fake_run(tmp_path / "line", noise=0.0)
+    dirs = [line / "checkpoints" / f"step_{s}" for s in (0, 10, 20, 30, 40, 50)]
+    assert rb.drift_consistency(dirs) == pytest.approx(1.0, abs=1e-4)
+    walk = fake_run(tmp_path / "walk", walk=True, steps=tuple(range(0, 210, 10)))
+    assert abs(rb.drift_consistency(sorted((walk / "checkpoints").iterdir(), key=lambda p: int(p.name[5:])))) < 0.1
+    assert rb.drift_consistency([dirs[0], dirs[3], dirs[0]]) == pytest.approx(-1.0)  # there and back
+    with pytest.raises(ValueError, match="at least 3"):
+        rb.drift_consistency(dirs[:2])
+
+
+def test_gradient_snr_falls_with_the_injected_noise():
+    from rlvr_nb.tasks import AdditionTask, TaskConfig
+
+    model, tok = small_model_and_tokenizer()
+    task = AdditionTask(TaskConfig(digits=2, n_eval=8))
+    plain = rb.gradient_snr(model, tok, task, batch_size=16, n_batches=24)
+    noisy = rb.gradient_snr(model, tok, task, batch_size=16, n_batches=24, snr_db=-20.0)
+    zero = rb.gradient_snr(model, tok, task, batch_size=16, n_batches=24, zero_signal=True)
+    assert plain["median"] > 3 * noisy["median"] and plain["median"] > 3 * zero["median"]
+    assert zero["floor"] == pytest.approx(0.6745 / math.sqrt(24))
+    assert 0.5 * zero["floor"] < zero["median"] < 2 * zero["floor"]  # no signal: |mean| / std is estimation noise
+    assert not model.training  # left in eval mode, as it came
+    with pytest.raises(ValueError, match="n_batches >= 2"):
+        rb.gradient_snr(model, tok, task, batch_size=16, n_batches=1)

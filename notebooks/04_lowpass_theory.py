@@ -1,0 +1,387 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python (rlvr-nb)
+#     language: python
+#     name: rlvr-nb
+# ---
+
+# %% [markdown]
+# # 04 · Why it is linear: the low-pass filter, noise-injected SFT, and the source of output change
+#
+# > "RLVR credit comes only from final-answer correctness, so per-token gradient signals are noisy and
+# > high-variance. Summed over a long window, fluctuations cancel and a stable drift remains. [...] a
+# > low-pass filter on updates." — PAPER.md, Sec. 5
+#
+# > "SFT with injected token-level random-sign noise at a chosen signal-to-noise ratio (10 dB down to
+# > -20 dB and a zero-signal control). Weighted mean/median R^2 of active parameters peaks at moderate
+# > negative SNR (median 0.58 at -10 dB) against an SFT baseline of ~0.43, and falls back at -20 dB and
+# > zero signal." — PAPER.md, Sec. 5, Figure 3
+#
+# > "The second-order part is negligible, which is why linear weights give near-linear outputs."
+# > — PAPER.md, Sec. 5, Figure 4
+#
+# This notebook has four parts: (1) the filter as a model you can compute and play with, (2) the paper's
+# noise-injection experiment on our tiny model, (3) where the output change of each layer comes from, and
+# (4) how robust the weight linearity of our RL run is to the optimizer and the RL hyperparameters.
+
+# %% tags=["parameters"]
+profile = "cpu"  # smoke | cpu | gpu
+interactive = False  # True: ipywidgets sliders for SNR and K (papermill: False, one static figure)
+theory_points = None  # points per theory curve; the exact median costs ~0.1 s a point (cpu 40)
+sim_params = None  # simulated parameters per setting in the theory figures (cpu 400)
+snr_dbs = None  # injected SNRs of Figure 3, in dB (cpu [10.0, 0.0, -5.0, -10.0, -15.0, -20.0])
+sft_high_lr = None  # the noisy-SFT sweep runs at this lr and at the RL run's lr (cpu 0.001)
+sft_steps = None  # steps of each noisy-SFT run (cpu 500)
+sft_ckpt_every = None  # steps between checkpoints of those runs (cpu 50)
+grad_batches = None  # batches for the per-step gradient SNR at the warm start (cpu 100)
+n_probe = None  # fixed teacher-forced held-out sequences for Figure 4 (cpu 256)
+robust_steps = None  # steps of each robustness RL run (cpu 400)
+robust_lrs = None  # AdamW learning rates of the robustness grid (cpu [3e-05, 0.0001])
+sgd_lr = None  # SGD learning rate of the robustness grid (cpu 0.01)
+group_sizes = None  # rollouts per prompt of the robustness grid (cpu [16, 8])
+estimators = None  # advantage estimators of the robustness grid (cpu ["grpo", "reinforce_pp"])
+compute_robustness = None  # train the robustness runs (cpu True); False: read the committed cpu table
+recompute_robustness = False  # recompute even when the cached table matches the settings
+robustness_cache = None  # the cached table (cpu "notebooks/data/04_robustness_cpu.json")
+seed = None  # seed of the SFT batches and the injected noise (cpu 0)
+
+# %%
+import math
+
+import torch
+from IPython.display import display
+
+from rlvr_nb import decomposition as dc
+from rlvr_nb import lowpass as lp
+from rlvr_nb import profiles
+from rlvr_nb import robustness as rb
+from rlvr_nb.embedded import ensure_rl_run, ensure_warm_start, repo_root
+from rlvr_nb.figures import save_figure
+from rlvr_nb.models import load_model, load_tokenizer
+from rlvr_nb.report import markdown_table
+from rlvr_nb.sft import sequence_batch
+from rlvr_nb.tasks import AdditionTask
+from rlvr_nb.trajectory import find_checkpoints
+
+P = profiles.resolve("04_lowpass_theory", profile, theory_points=theory_points, sim_params=sim_params, snr_dbs=snr_dbs,
+                     sft_high_lr=sft_high_lr, sft_steps=sft_steps, sft_ckpt_every=sft_ckpt_every, grad_batches=grad_batches, n_probe=n_probe,
+                     robust_steps=robust_steps, robust_lrs=robust_lrs, sgd_lr=sgd_lr, group_sizes=group_sizes,
+                     estimators=estimators, compute_robustness=compute_robustness, robustness_cache=robustness_cache,
+                     seed=seed)
+emb = profiles.embedded_config(profile)
+rl = profiles.rl_config(profile, seed=P.seed)
+P
+
+# %% [markdown]
+# ## 1. The filter you can compute
+#
+# Take one scalar parameter. At every step it receives an update made of a drift $\mu$ (the part of the
+# gradient that points the same way every step) and noise of standard deviation $\sigma$ (everything that
+# changes from batch to batch), $u_s = \mu + \sigma\,\varepsilon_s$ with independent $\varepsilon_s$ of unit
+# variance. We read it every $K$ steps, at $T$ checkpoints. Summed over $K$ steps the noise grows like
+# $\sqrt{K}$ and the drift like $K$, so at checkpoint $j$ (with $w_0 = 0$ and Gaussian noise)
+#
+# $$ w_j = \mu K j + \sigma \sqrt{K}\, B_j, \qquad B_j = z_1 + \dots + z_j,\quad z_i \sim \mathcal{N}(0, 1). $$
+#
+# The $R^2$ of the least-squares line through $(j, w_j)$ is unchanged by rescaling $w$, so its whole
+# distribution depends only on $T$ and on the **per-checkpoint SNR**
+#
+# $$ \rho = \frac{\mu}{\sigma}\sqrt{K}, \qquad\text{and, beyond } T \approx 10, \text{ almost only on}\qquad
+#    \lambda = \rho\sqrt{T-1} = \frac{\mu N}{\sigma\sqrt{N}},\quad N = K(T-1), $$
+#
+# the drift over the whole run divided by the noise accumulated over it. Writing
+# $SS_\text{res} = w^\top (C - P) w$ and $SS_\text{tot} = w^\top C w$ ($C$ centres, $P$ projects on the
+# centred step axis), the expectations are closed forms,
+#
+# $$ \frac{\mathbb{E}[SS_\text{res}]}{\sigma^2 K} = \frac{T^2 - 4}{15}, \qquad
+#    \frac{\mathbb{E}[SS_\text{tot}]}{\sigma^2 K} = \rho^2\,\frac{T (T^2 - 1)}{12} + \frac{T^2 - 1}{6}, $$
+#
+# and their ratio gives the simple approximation (`lowpass.r2_ratio_approx`, good once $R^2 > 0.96$)
+#
+# $$ R^2 \approx 1 - \frac{4\,(T^2 - 4)}{5\,(T^2 - 1)\,(\rho^2 T + 2)}. $$
+#
+# The mean and the median are computed exactly (`lowpass.expected_r2`, `lowpass.median_r2`): the mean as
+# $\mathbb{E}[R^2] = 1 - \int_0^\infty \mathbb{E}\!\left[SS_\text{res}\, e^{-s\,SS_\text{tot}}\right] ds$, each
+# term a Gaussian integral, and the median from the exact distribution of a Gaussian quadratic form
+# (Gil-Pelaez inversion). The unit tests check both against Monte-Carlo within 0.01.
+#
+# **What this says.** A single step is hopelessly noisy when $\mu/\sigma \ll 1$, yet the trajectory is a
+# straight line as soon as $\lambda = (\mu/\sigma)\sqrt{N}$ is a few units: the sum over many steps is a
+# low-pass filter that keeps the drift and averages the noise away. Adam rescales drift and noise alike, so
+# its trajectories follow the same curve (triangles below).
+
+# %%
+T_demo = 14  # the paper's number of checkpoints (steps 0, 100, ..., 1300)
+markdown_table([{"lambda = drift / accumulated noise": lam,
+                 "mean R^2": lp.expected_r2(lam / math.sqrt(T_demo - 1), T_demo),
+                 "median R^2": lp.median_r2(lam / math.sqrt(T_demo - 1), T_demo),
+                 "ratio approximation": lp.r2_ratio_approx(lam / math.sqrt(T_demo - 1), T_demo)}
+                for lam in (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)])
+
+# %%
+fig = lp.theory_figure(n_checkpoints=T_demo, n_params=P.sim_params, n_points=P.theory_points, seed=P.seed)
+save_figure(fig, "04_theory")
+
+# %% [markdown]
+# ### Both ways to lose linearity
+# The filter needs two things: noise to average out, and a drift to keep. Without noise, a drift that itself
+# bends (gradient descent approaching an optimum, as in SFT on a loss that shrinks as it is minimised) is
+# not a line; without drift, what is left is a random walk, whose median $R^2$ at 14 checkpoints is only
+# about 0.45. The left column is the regime the paper argues RLVR is in: a small drift under much noise.
+
+# %%
+fig = lp.failure_modes_figure(n_checkpoints=T_demo, n_params=P.sim_params, seed=P.seed)
+save_figure(fig, "04_failure_modes")
+print(f"pure random walk (mu = 0), median R^2: {lp.median_r2(0.0, T_demo):.3f} at T = {T_demo}, "
+      f"{lp.median_r2(0.0, 11):.3f} at T = 11 (the noisy-SFT runs below), "
+      f"{lp.median_r2(0.0, 9):.3f} at T = 9 (the robustness runs)")
+
+# %% [markdown]
+# ### Explore: SNR and K
+# Set `interactive = True` (in Jupyter) for sliders over the per-step SNR and the spacing $K$; under papermill
+# the figure below is drawn at the given values.
+
+# %%
+explorer = lp.snr_explorer(interactive, snr_db=-20.0, steps_between=100, n_checkpoints=T_demo, n_params=P.sim_params,
+                           n_points=P.theory_points, seed=P.seed)
+if interactive:
+    display(explorer)
+else:
+    save_figure(explorer, "04_explorer")
+
+# %% [markdown]
+# ## 2. Figure 3 on our model: SFT with injected token-level noise
+#
+# The paper makes SFT noisier on purpose and watches its weight linearity. We weight the negative
+# log-likelihood of every answer token by a random number (`lowpass.token_noise_weights`, used by
+# `sft.train_sft` when `SFTConfig.noise_snr_db` is set or `zero_signal=True`):
+#
+# $$ \mathcal{L} = \frac{1}{N}\sum_{i=1}^{N} w_i\,\bigl(-\log p_\theta(y_i \mid x, y_{<i})\bigr), \qquad
+#    w_i = a + \sigma\,\varepsilon_i,\quad \varepsilon_i = \pm 1 \text{ with probability } \tfrac12, $$
+#
+# independent per token and step, with
+#
+# $$ \mathrm{SNR_{dB}} = 20 \log_{10}\frac{a}{\sigma}, \qquad a^2 + \sigma^2 = 1 . $$
+#
+# $\mathbb{E}[w_i] = a$ carries the supervised signal; the sign flips carry zero-mean noise of standard
+# deviation $\sigma$. The power normalisation keeps $\mathbb{E}[w_i^2] = 1$, so the loss scale and the
+# gradient norm seen by clipping stay comparable across the sweep. Plain SFT is $(a, \sigma) = (1, 0)$, the
+# zero-signal control $(0, 1)$.
+#
+# **Which learning rate.** At tiny scale, plain SFT at the RL learning rate is already about as linear as
+# RL (`shared/notes/tiny-scale-measurements.md`), which leaves nothing for noise to repair. So we run the
+# sweep twice: at `sft_high_lr` = 1e-3, the customary SFT rate for this model (the warm start's) and far
+# above the RL rate, where plain SFT reaches its held-out accuracy plateau early and then wanders (the
+# paper's non-linear SFT baseline: a drift that bends, then noise without drift), and at the RL run's own
+# learning rate. The tables below show the plain-SFT numbers behind that choice. Every run starts from the
+# RL start (the warm start after its cool-down); batch size, steps and checkpoint spacing are the same for
+# all of them.
+
+# %%
+markdown_table([{"setting": "plain SFT", "a": 1.0, "sigma": 0.0}]
+               + [{"setting": f"{db:g} dB", "a": lp.noise_amplitudes(db)[0], "sigma": lp.noise_amplitudes(db)[1]}
+                  for db in P.snr_dbs]
+               + [{"setting": "zero signal", "a": 0.0, "sigma": 1.0}])
+
+# %%
+sft_settings = [s for lr in (P.sft_high_lr, rl.lr)
+                for s in rb.snr_settings(profiles.sft_config(profile, steps=P.sft_steps, lr=lr, ckpt_every=P.sft_ckpt_every,
+                                                             seed=P.seed), P.snr_dbs)]
+snr_rows = rb.sweep_rows(sft_settings, emb)
+fig = rb.plot_snr_sweep(snr_rows, paper={"median": 0.582, "baseline_median": 0.43})
+save_figure(fig, "04_snr_sweep")
+
+# %% [markdown]
+# ### What we measured
+# Weight $R^2$ of the active parameters (range over the checkpoints > 1e-4 and at least four distinct
+# values; each scalar counts once, so the mean and median are the paper's active-parameter "weighted"
+# statistics), with the held-out greedy accuracy at the first and last checkpoint and the relative weight
+# change $\lVert\theta_T - \theta_0\rVert / \lVert\theta_0\rVert$.
+
+# %%
+markdown_table(rb.table_rows(snr_rows, ["category", "label", "median", "mean", "std", "frac_above", "rel_change",
+                                        "drift_cos", "acc_start", "acc_end"]))
+
+# %%
+by_lr = {r["category"]: r for r in snr_rows if r["label"] == "plain SFT"}
+for cat, r in by_lr.items():
+    print(f"{cat}: plain SFT weight R^2 median {r['median']:.3f} (mean {r['mean']:.3f}), held-out greedy accuracy "
+          f"{r['acc_start']:.2f} -> {r['acc_end']:.2f}")
+print(f"paper: SFT baseline median ~0.43, peak median 0.582 at -10 dB; random-walk median at our "
+      f"{snr_rows[0]['checkpoints']} checkpoints: {lp.median_r2(0.0, snr_rows[0]['checkpoints']):.3f}")
+for cat in dict.fromkeys(r["category"] for r in snr_rows):
+    print(rb.describe_snr_finding([r for r in snr_rows if r["category"] == cat]))
+
+# %% [markdown]
+# ### Theory against measurement
+# How noisy is each setting, in the theory's terms? At the warm start (where every run begins) we measure
+# the per-step SNR $\mu/\sigma$ of every scalar parameter's gradient over `grad_batches` independent
+# batches of the same loss (`robustness.gradient_snr`; the median over parameters, with the value a
+# parameter with no signal would show from that many batches). If that drift stayed constant over the
+# run, part 1 would predict the median $R^2$ printed beside it ($\lambda = \mathrm{SNR}\sqrt{N}$, $N$
+# steps read at $T$ checkpoints). Whether the drift did stay constant is measured directly by
+# `drift_cos`, the cosine between the weight change of the first and of the second half of each run
+# (1: a straight line; 0: a random walk; negative: the second half undoes the first).
+
+# %%
+warm = ensure_warm_start(emb)
+warm_model, warm_tok = load_model(warm), load_tokenizer(warm)
+first_lr = [s for s in sft_settings if s.category == sft_settings[0].category]
+T_sft, N_sft = snr_rows[0]["checkpoints"], snr_rows[0]["last_step"]
+theory_rows = []
+for s in first_lr:
+    g = rb.gradient_snr(warm_model, warm_tok, AdditionTask(emb.task), s.config.batch_size, P.grad_batches,
+                        s.config.noise_snr_db, s.config.zero_signal, P.seed)
+    measured = {f"{r['category']}: median R^2 / drift_cos": f"{r['median']:.3f} / {r['drift_cos']:+.2f}"
+                for r in snr_rows if r["label"] == s.label}
+    theory_rows.append({"setting": s.label, "gradient SNR per step": g["median"], "no-signal floor": g["floor"],
+                        "lambda": g["median"] * math.sqrt(N_sft),
+                        "theory median R^2 (constant drift)": lp.median_r2(g["median"], T_sft, N_sft // (T_sft - 1)),
+                        **measured})
+markdown_table(theory_rows)
+
+# %% [markdown]
+# **Reading the result.** The theory of part 1 says when noise helps: it can only straighten a trajectory
+# whose drift still dominates the noise it accumulates ($\lambda$ of a few units). With Adam every parameter
+# moves about one learning rate per step whatever the gradient's SNR, so injected noise does not slow the
+# run down; it swaps drift for random walk at the same step size. Whether the injected noise straightens the
+# bend or drowns the drift depends on how much gradient noise SFT already has: the noise of the paper's
+# SFT batches averages over many more tokens than our 32 five-token answers, so the same dB is a much
+# larger perturbation of our gradient. The printed sentences above state what holds here.
+
+# %% [markdown]
+# ## 3. Figure 4: where the output change comes from
+#
+# For one linear layer $y = W x + b$ run on the same fixed inputs at two checkpoints, the output change
+# splits exactly into three parts (`decomposition.split_output_change`):
+#
+# $$ y_1 - y_0 = \underbrace{W_0 (x_1 - x_0)}_{\text{input change}}
+#              + \underbrace{(W_1 - W_0)\, x_0 + (b_1 - b_0)}_{\text{weight change}}
+#              + \underbrace{(W_1 - W_0)(x_1 - x_0)}_{\text{second order}} . $$
+#
+# The input change of a layer is itself the output change of the layers below, so if the second-order part
+# is negligible, the output change is linear in the weight changes of all layers: weights moving on a line
+# give outputs moving (nearly) on a line. We measure the Frobenius norm of each part over every token of
+# `n_probe` fixed held-out sequences (prompt and correct answer, teacher-forced), for every `nn.Linear`
+# (attention q/k/v/o, MLP gate/up/down, output head), between every pair of consecutive checkpoints of
+# the RL trajectory of notebook 01.
+
+# %%
+rl_run = ensure_rl_run(rl, emb)
+ckpts = find_checkpoints(rl_run)
+tok = load_tokenizer(ckpts[0][1])
+probe_ids, _, _ = sequence_batch(tok, AdditionTask(emb.task).eval_problems[:P.n_probe])  # [n_probe, L]
+probe_mask = torch.ones_like(probe_ids)
+pairs = dc.trajectory_decomposition(ckpts, probe_ids, probe_mask)
+whole = dc.trajectory_decomposition([ckpts[0], ckpts[-1]], probe_ids, probe_mask, progress=False)[0]
+fig = dc.plot_trajectory_decomposition(pairs)
+save_figure(fig, "04_decomposition_trajectory")
+
+# %%
+d = dc.second_order_summary(pairs)
+worst = next(p for p in pairs if (p.step0, p.step1) == d["worst_pair"])
+fig = dc.plot_layer_decomposition(worst.records, title=f"per layer, steps {worst.step0} -> {worst.step1} "
+                                                       "(the pair with the largest single-layer second-order share)")
+save_figure(fig, "04_decomposition_layers")
+
+# %%
+layer = "model.layers.1.mlp.down_proj"
+values = dc.output_change_values(load_model(ckpts[0][1]), load_model(ckpts[1][1]), probe_ids, probe_mask, layer)
+fig = dc.plot_output_change_histogram(values, f"{layer}, steps {ckpts[0][0]} -> {ckpts[1][0]}")
+save_figure(fig, "04_output_change_histogram")
+
+# %% [markdown]
+# ### What we measured
+# The second-order share is the norm of $(W_1 - W_0)(x_1 - x_0)$ over the norm of the whole change
+# $y_1 - y_0$, all linear layers together, for each pair of consecutive checkpoints; the worst single layer
+# is shown too, and the first-to-last pair (the whole run in one jump) for scale.
+
+# %%
+tot = whole.totals()
+markdown_table([
+    {"quantity": "checkpoint pairs", "ours": d["pairs"], "paper": "-"},
+    {"quantity": "second order / total, all layers: largest over pairs", "ours": d["max_fraction"], "paper": "negligible"},
+    {"quantity": "second order / total, all layers: median over pairs", "ours": d["median_fraction"], "paper": "negligible"},
+    {"quantity": f"worst single layer ({d['worst_layer']}, steps {d['worst_pair'][0]}->{d['worst_pair'][1]})",
+     "ours": d["worst_layer_fraction"], "paper": "-"},
+    {"quantity": f"whole run in one jump (steps {whole.step0}->{whole.step1}), all layers",
+     "ours": tot["second_order_fraction"], "paper": "-"},
+])
+
+# %%
+print(f"finding (d) {'holds' if d['holds'] else 'does not hold'}: the second-order part is at most "
+      f"{100 * d['max_fraction']:.2f}% of the total output change between consecutive checkpoints "
+      f"(median {100 * d['median_fraction']:.2f}%; threshold {100 * d['threshold']:.0f}%); the worst single layer "
+      f"reaches {100 * d['worst_layer_fraction']:.2f}%, and the whole run taken as one jump "
+      f"{100 * tot['second_order_fraction']:.2f}%.")
+
+# %% [markdown]
+# ## 4. Robustness on our model (a small Figure 2)
+#
+# > "Robustness (Figure 2): 1.5B-32B, Qwen and Llama, dense and MoE, reasoning and non-reasoning data,
+# > GRPO / REINFORCE++ / GSPO, AdamW / SGD, lr 1e-6 / 3e-6 / 1e-5, batch 128 / 256, 8 / 16 rollouts [...]"
+# > — PAPER.md, Setting; "The linear regime persists with SGD instead of AdamW" — Sec. 5
+#
+# One factor at a time from the embedded RL run (GRPO, AdamW, 32 prompts x 16 rollouts, the profile's learning
+# rate): SGD instead of AdamW, a larger learning rate, 8 rollouts per prompt, and REINFORCE++'s
+# batch-normalised advantage instead of GRPO's group-normalised one. Each run lasts `robust_steps` steps with
+# the embedded run's checkpoint spacing; the baseline row is the first `robust_steps` steps of the embedded
+# trajectory itself (the trainer has no schedule that depends on the total number of steps, so this is the
+# same trajectory).
+#
+# **The SGD learning rate was chosen by measurement.** Plain SGD with gradient clipping at 1.0 moves at most
+# one learning rate (in L2 norm) per step, so it needs a rate hundreds of times AdamW's. 100 steps from the
+# RL start (`OMP_NUM_THREADS=1 python benchmarks/bench_sgd_lr.py --lrs 0.003 0.01 0.03`, this machine):
+#
+# | optimizer, lr | relative weight change | reward, last 20 steps | held-out greedy accuracy |
+# |---|---|---|---|
+# | AdamW 3e-5 | 0.0069 | 0.234 | 0.88 -> 0.90 |
+# | SGD 0.003 | 0.0013 | 0.230 | 0.88 -> 0.89 |
+# | SGD 0.01 | 0.0024 | 0.224 | 0.88 -> 0.87 |
+# | SGD 0.03 | 0.0036 | 0.161 | 0.88 -> 0.48 |
+#
+# SGD cannot move as far as AdamW here without collapsing the policy: its steps concentrate on the few
+# directions with the largest gradient. We use the largest rate that does not collapse, 0.01: about the same
+# reward, about a third of the distance. The table below shows how far each run moved.
+#
+# The runs are trained at the `cpu` profile (cached in `runs/`) and their table is committed as
+# `notebooks/data/04_robustness_cpu.json`; the `smoke` profile reads that table instead of training.
+
+# %%
+cache = repo_root() / P.robustness_cache
+if P.compute_robustness:
+    robust_settings = rb.robustness_settings(rl, P.robust_steps, lrs=P.robust_lrs, sgd_lr=P.sgd_lr,
+                                             group_sizes=P.group_sizes, estimators=P.estimators)
+    robust_rows, source = rb.cached_rows(cache, robust_settings, emb, recompute=recompute_robustness,
+                                         note="04_lowpass_theory robustness grid, cpu profile")
+else:
+    robust_rows, source = rb.load_table(cache)["rows"], f"read from {cache} (computed at the cpu profile)"
+print("robustness table:", source)
+fig = rb.plot_robustness(robust_rows)
+save_figure(fig, "04_robustness")
+
+# %% [markdown]
+# ### What we measured
+# Median, quartiles and mean of the weight $R^2$ of active parameters for each run, the number of active
+# parameters among all, the relative weight change, `drift_cos` (as above) and the held-out greedy accuracy
+# at the first and last analysed checkpoint. The paper's medians lie between about 0.73 and 0.87 for every RL setting.
+
+# %%
+markdown_table(rb.table_rows(robust_rows, ["category", "label", "median", "q25", "q75", "mean", "frac_above",
+                                           "active", "total", "rel_change", "drift_cos", "acc_start", "acc_end"]))
+
+# %%
+above = [r for r in robust_rows if r["median"] > 0.7]
+unique = {r["run"]: r for r in robust_rows}
+print(f"{len({r['run'] for r in above})} of {len(unique)} runs have a median weight R^2 above 0.7 "
+      f"(range {min(r['median'] for r in unique.values()):.3f} to {max(r['median'] for r in unique.values()):.3f}; "
+      f"paper: 0.73 to 0.87).")
+for r in robust_rows:
+    if r["median"] <= 0.7:
+        print(f"  below 0.7: {r['category']}: {r['label']} (median {r['median']:.3f})")
