@@ -70,10 +70,10 @@ from rlvr_nb.tasks import AdditionTask
 from rlvr_nb.trajectory import find_checkpoints
 
 P = profiles.resolve("04_lowpass_theory", profile, theory_points=theory_points, sim_params=sim_params, snr_dbs=snr_dbs,
-                     sft_high_lr=sft_high_lr, sft_steps=sft_steps, sft_ckpt_every=sft_ckpt_every, grad_batches=grad_batches, n_probe=n_probe,
-                     robust_steps=robust_steps, robust_lrs=robust_lrs, sgd_lr=sgd_lr, group_sizes=group_sizes,
-                     estimators=estimators, compute_robustness=compute_robustness, robustness_cache=robustness_cache,
-                     seed=seed)
+                     sft_high_lr=sft_high_lr, sft_steps=sft_steps, sft_ckpt_every=sft_ckpt_every,
+                     grad_batches=grad_batches, n_probe=n_probe, robust_steps=robust_steps, robust_lrs=robust_lrs,
+                     sgd_lr=sgd_lr, group_sizes=group_sizes, estimators=estimators,
+                     compute_robustness=compute_robustness, robustness_cache=robustness_cache, seed=seed)
 emb = profiles.embedded_config(profile)
 rl = profiles.rl_config(profile, seed=P.seed)
 P
@@ -190,9 +190,9 @@ markdown_table([{"setting": "plain SFT", "a": 1.0, "sigma": 0.0}]
                + [{"setting": "zero signal", "a": 0.0, "sigma": 1.0}])
 
 # %%
-sft_settings = [s for lr in (P.sft_high_lr, rl.lr)
-                for s in rb.snr_settings(profiles.sft_config(profile, steps=P.sft_steps, lr=lr, ckpt_every=P.sft_ckpt_every,
-                                                             seed=P.seed), P.snr_dbs)]
+sft_bases = [profiles.sft_config(profile, steps=P.sft_steps, lr=lr, ckpt_every=P.sft_ckpt_every, seed=P.seed)
+             for lr in (P.sft_high_lr, rl.lr)]
+sft_settings = [s for base in sft_bases for s in rb.snr_settings(base, P.snr_dbs)]
 snr_rows = rb.sweep_rows(sft_settings, emb)
 fig = rb.plot_snr_sweep(snr_rows, paper={"median": 0.582, "baseline_median": 0.43})
 save_figure(fig, "04_snr_sweep")
@@ -222,8 +222,9 @@ for cat in dict.fromkeys(r["category"] for r in snr_rows):
 # ### Theory against measurement
 # How noisy is each setting, in the theory's terms? At the warm start (where every run begins) we measure
 # the per-step SNR $\mu/\sigma$ of every scalar parameter's gradient over `grad_batches` independent
-# batches of the same loss (`robustness.gradient_snr`; the median over parameters, with the value a
-# parameter with no signal would show from that many batches). If that drift stayed constant over the
+# batches of the same loss (`robustness.gradient_snr`: the median over parameters of $|\bar g| / s_g$, with
+# the estimation bias $1/n$ removed from its square; the raw estimate and what a parameter with no signal
+# at all would show from that many batches are printed beside it). If that drift stayed constant over the
 # run, part 1 would predict the median $R^2$ printed beside it ($\lambda = \mathrm{SNR}\sqrt{N}$, $N$
 # steps read at $T$ checkpoints). Whether the drift did stay constant is measured directly by
 # `drift_cos`, the cosine between the weight change of the first and of the second half of each run
@@ -240,20 +241,23 @@ for s in first_lr:
                         s.config.noise_snr_db, s.config.zero_signal, P.seed)
     measured = {f"{r['category']}: median R^2 / drift_cos": f"{r['median']:.3f} / {r['drift_cos']:+.2f}"
                 for r in snr_rows if r["label"] == s.label}
-    theory_rows.append({"setting": s.label, "gradient SNR per step": g["median"], "no-signal floor": g["floor"],
+    theory_rows.append({"setting": s.label, "gradient SNR per step": g["median"], "raw estimate": g["raw_median"],
+                        "no-signal raw estimate": g["floor"],
                         "lambda": g["median"] * math.sqrt(N_sft),
                         "theory median R^2 (constant drift)": lp.median_r2(g["median"], T_sft, N_sft // (T_sft - 1)),
                         **measured})
 markdown_table(theory_rows)
 
 # %% [markdown]
-# **Reading the result.** The theory of part 1 says when noise helps: it can only straighten a trajectory
-# whose drift still dominates the noise it accumulates ($\lambda$ of a few units). With Adam every parameter
-# moves about one learning rate per step whatever the gradient's SNR, so injected noise does not slow the
-# run down; it swaps drift for random walk at the same step size. Whether the injected noise straightens the
-# bend or drowns the drift depends on how much gradient noise SFT already has: the noise of the paper's
-# SFT batches averages over many more tokens than our 32 five-token answers, so the same dB is a much
-# larger perturbation of our gradient. The printed sentences above state what holds here.
+# **Reading the result.** The low-pass theory of part 1 says that $R^2$ can only fall as the per-step SNR
+# falls: noise helps only when it is averaged into a drift that was there anyway, and injecting noise lowers
+# that SNR. The paper's Figure 3 needs a second ingredient, a plain-SFT trajectory made non-linear by its
+# drift bending, which injected noise would straighten by slowing the run down. With Adam it cannot simply
+# slow the run: each step still moves every parameter by about one learning rate, only more of it at random.
+# Compare the measured medians with the constant-drift prediction and look at `drift_cos`: where the
+# prediction is near the measurement, the sweep is just the filter's SNR curve; where the measurement falls
+# below it, the drift bent or reversed (small or negative `drift_cos`), and noise made that worse, not better.
+# The sentences printed above state, from the numbers, whether finding (c) holds.
 
 # %% [markdown]
 # ## 3. Figure 4: where the output change comes from
@@ -306,8 +310,10 @@ save_figure(fig, "04_output_change_histogram")
 tot = whole.totals()
 markdown_table([
     {"quantity": "checkpoint pairs", "ours": d["pairs"], "paper": "-"},
-    {"quantity": "second order / total, all layers: largest over pairs", "ours": d["max_fraction"], "paper": "negligible"},
-    {"quantity": "second order / total, all layers: median over pairs", "ours": d["median_fraction"], "paper": "negligible"},
+    {"quantity": "second order / total, all layers: largest over pairs", "ours": d["max_fraction"],
+     "paper": "negligible"},
+    {"quantity": "second order / total, all layers: median over pairs", "ours": d["median_fraction"],
+     "paper": "negligible"},
     {"quantity": f"worst single layer ({d['worst_layer']}, steps {d['worst_pair'][0]}->{d['worst_pair'][1]})",
      "ours": d["worst_layer_fraction"], "paper": "-"},
     {"quantity": f"whole run in one jump (steps {whole.step0}->{whole.step1}), all layers",

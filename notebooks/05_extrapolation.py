@@ -65,7 +65,7 @@ from rlvr_nb.embedded import ensure_rl_run
 from rlvr_nb.evaluate import EvalConfig
 from rlvr_nb.extrapolate import alpha_explorer, alpha_for, cache_response_logits
 from rlvr_nb.extrapolation_results import (
-    accuracy_grid, displacement_cosine, distance_from, late_stage_decline, logits_extrapolation_rows,
+    accuracy_grid, compare, displacement_cosine, distance_from, late_stage_decline, logits_extrapolation_rows,
     plot_distance, plot_extrapolation_curves, rl_accuracy, summarize_extrapolation, weight_extrapolation_curves,
 )
 from rlvr_nb.figures import save_figure
@@ -226,6 +226,12 @@ print(f"\nfinding (g) {'holds' if n_beats == len(rows) else 'does not hold' if n
 late = {T: late_stage_decline(rl[T]) for T in rl}
 for T, l in late.items():
     print(f"RL curve at T={T:g}: {l.sentence()}")
+for r in rows:
+    if r.t_target > max(ckpts):  # past the end of the run: against the best checkpoint RL ever reached
+        best = late[r.temperature]
+        print(f"T={r.temperature:g}, {r.t_base} -> {r.t_second} (target {r.t_target:g}, beyond the run) against the best "
+              f"RL checkpoint (step {best.best_step}, {best.best.avg_at_k:.3f}): "
+              f"{compare(r.extrapolated, best.best).verdict} ({compare(r.extrapolated, best.best)})")
 declines = [T for T, l in late.items() if l.declines]
 print("so extrapolation has a late-stage decline to avoid at T = " + ", ".join(f"{T:g}" for T in declines) if declines else
       "so our run has no late-stage decline for extrapolation to avoid: that half of (g) cannot be tested on it.")
@@ -253,5 +259,7 @@ else:
     save_figure(explorer, "05_alpha_slider")
 
 # %% [markdown]
-# The slider was checked by executing this notebook with `interactive = True` under a real Jupyter kernel
-# (nbclient), moving the slider from a later cell and confirming the output widget received a new figure.
+# How the slider is checked: `tests/test_alpha_slider_kernel.py` executes this notebook at `smoke` with
+# `interactive = True` under a real Jupyter kernel (nbclient, which keeps the widget state a frontend would
+# render), moves the slider and the $t_1$ dropdown from a later cell, and asserts that the Output widget
+# then holds one figure, different from the first.

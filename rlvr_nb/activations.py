@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from rlvr_nb.linearity import TrajectoryLinearity, trajectory_linearity
-from rlvr_nb.logprobs import Probe, teacher_forced_batch
+from rlvr_nb.logprobs import Probe, default_device, teacher_forced_batch
 from rlvr_nb.models import load_model, load_tokenizer
 from rlvr_nb.trajectory import Trajectory
 
@@ -59,8 +59,8 @@ def hidden_states(model: PreTrainedModel, tokenizer, probes: Sequence[Probe], ba
     parts = []
     for i in range(0, len(probes), batch_size):
         ids, attn, _ = teacher_forced_batch(tokenizer, probes[i : i + batch_size])  # [B, L]
-        hs = model(input_ids=ids, attention_mask=attn, output_hidden_states=True).hidden_states
-        parts.append(torch.stack(hs)[:, attn.bool()].float())  # [layers + 1, real tokens, hidden]
+        hs = model(input_ids=ids.to(model.device), attention_mask=attn.to(model.device), output_hidden_states=True).hidden_states
+        parts.append(torch.stack(hs)[:, attn.bool().to(model.device)].float().cpu())  # [layers + 1, real tokens, hidden]
     return torch.cat(parts, dim=1)
 
 
@@ -75,12 +75,13 @@ def choose_coordinates(shape: tuple[int, int, int], cfg: ActivationConfig) -> Co
 
 
 def activation_trajectories(traj: Trajectory, probes: Sequence[Probe], cfg: ActivationConfig = ActivationConfig(),
-                            progress: bool = True) -> tuple[np.ndarray, CoordinateSubset]:
-    """The followed hidden-state coordinates at every checkpoint: ([T, C] float32, which coordinates)."""
+                            progress: bool = True, device: str | None = None) -> tuple[np.ndarray, CoordinateSubset]:
+    """The followed hidden-state coordinates at every checkpoint: ([T, C] float32, which coordinates), each
+    checkpoint loaded on `device` (default: a GPU when visible)."""
     tokenizer = load_tokenizer(traj.dirs[0])
     rows, subset = [], None
     for d in tqdm(traj.dirs, desc="hidden states", unit="ckpt", disable=not progress):
-        h = hidden_states(load_model(d), tokenizer, probes, cfg.batch_size)  # [layers + 1, N, H]
+        h = hidden_states(load_model(d).to(device or default_device()), tokenizer, probes, cfg.batch_size)  # [layers + 1, N, H]
         if subset is None:
             subset = choose_coordinates(tuple(h.shape), cfg)
         rows.append(h.reshape(-1).numpy()[subset.flat])

@@ -156,19 +156,26 @@ def response_logprobs(model: PreTrainedModel, tokenizer, probes: Sequence[Probe]
     `batches`: the probes already encoded by `teacher_forced_batches` (skips the tokenizer)."""
     out = []
     for ids, attn, resp in batches if batches is not None else teacher_forced_batches(tokenizer, probes, batch_size):
+        ids, attn = ids.to(model.device), attn.to(model.device)
         logits = model(input_ids=ids, attention_mask=attn).logits.float()  # [B, L, V]
         logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None]).squeeze(-1)  # [B, L-1]
-        out.append(logp[resp[:, 1:]].double().numpy())  # response tokens, row by row
+        out.append(logp.cpu()[resp[:, 1:]].double().numpy())  # response tokens, row by row
     return np.concatenate(out) if out else np.zeros(0)
 
 
+def default_device() -> str:
+    """"cuda" when a GPU is visible, else "cpu": where checkpoints are teacher-forced."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def logprob_trajectories(traj: Trajectory, probes: Sequence[Probe], batch_size: int = 256,
-                         progress: bool = True) -> np.ndarray:
-    """Log-prob of every probe response token at every checkpoint: [T, N] float64."""
+                         progress: bool = True, device: str | None = None) -> np.ndarray:
+    """Log-prob of every probe response token at every checkpoint: [T, N] float64 (each checkpoint is
+    loaded on `device`, default `default_device()`)."""
     batches = teacher_forced_batches(load_tokenizer(traj.dirs[0]), probes, batch_size)
     rows = []
     for d in tqdm(traj.dirs, desc="teacher-forcing probes", unit="ckpt", disable=not progress):
-        rows.append(response_logprobs(load_model(d), None, probes, batches=batches))
+        rows.append(response_logprobs(load_model(d).to(device or default_device()), None, probes, batches=batches))
     return np.stack(rows)
 
 

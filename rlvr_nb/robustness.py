@@ -99,7 +99,8 @@ def relative_weight_change(dir0: str | Path, dir1: str | Path) -> float:
 
 def _flat_weights(d: str | Path) -> np.ndarray:
     w = load_file(str(Path(d) / "model.safetensors"))
-    return np.concatenate([w[k].astype(np.float64).ravel() for k in sorted(w) if np.issubdtype(w[k].dtype, np.floating)])
+    return np.concatenate([w[k].astype(np.float64).ravel() for k in sorted(w)
+                           if np.issubdtype(w[k].dtype, np.floating)])
 
 
 def drift_consistency(dirs: Sequence[str | Path]) -> float:
@@ -135,7 +136,8 @@ def weight_r2_row(run_dir: str | Path, max_step: int | None = None, cfg: Lineari
     if max_step is not None:
         pairs = [(s, d) for s, d in pairs if s <= max_step]
         if not pairs or pairs[-1][0] != max_step:
-            raise ValueError(f"{run_dir} has no checkpoint at step {max_step} (last: {find_checkpoints(run_dir)[-1][0]})")
+            last = find_checkpoints(run_dir)[-1][0]
+            raise ValueError(f"{run_dir} has no checkpoint at step {max_step} (last: {last})")
     res = weight_linearity(load_trajectory(pairs, progress=progress), cfg, progress=progress)
     s = res.overall
     row = s.row()
@@ -146,7 +148,8 @@ def weight_r2_row(run_dir: str | Path, max_step: int | None = None, cfg: Lineari
         "active": row["count"], "total": row["total"], "checkpoints": len(pairs), "last_step": pairs[-1][0],
         "rel_change": round(relative_weight_change(pairs[0][1], pairs[-1][1]), 4),
         "drift_cos": round(drift_consistency([d for _, d in pairs]), 4),
-        "acc_start": accuracy_at(run_dir, pairs[0][0])["greedy"], "acc_end": accuracy_at(run_dir, pairs[-1][0])["greedy"],
+        "acc_start": accuracy_at(run_dir, pairs[0][0])["greedy"],
+        "acc_end": accuracy_at(run_dir, pairs[-1][0])["greedy"],
     }
 
 
@@ -157,8 +160,11 @@ def gradient_snr(model, tokenizer, task: AdditionTask, batch_size: int, n_batche
 
     The loss is exactly `sft.train_sft`'s: the masked mean of the token NLL times
     `lowpass.token_noise_weights(snr_db, zero_signal)`. This is the mu / sigma of the low-pass theory at the
-    model's current point. Returns median and mean over parameters, and floor: the median a parameter with no
-    signal at all would show with this many batches (|mean| / std of n Gaussian draws, about 0.67 / sqrt(n)).
+    model's current point. The estimate r = |mean| / std from n batches is biased up by estimation noise
+    (E[r^2] ~ SNR^2 + 1/n), so each parameter's SNR is taken as sqrt(max(r^2 - 1/n, 0)).
+
+    Returns median and mean of that over parameters, raw_median (of r itself), and floor: the raw median a
+    parameter with no signal at all would show with n batches (about 0.67 / sqrt(n)).
     """
     from .lowpass import token_noise_weights
     from .sft import sequence_batch, token_nll
@@ -181,15 +187,18 @@ def gradient_snr(model, tokenizer, task: AdditionTask, batch_size: int, n_batche
     model.train(was_training)
     mean = total / n_batches
     std = (sq / n_batches - mean**2).clamp(min=0).sqrt() * math.sqrt(n_batches / (n_batches - 1))
-    snr = (mean.abs() / std.clamp(min=1e-30)).numpy()
-    return {"median": float(np.median(snr)), "mean": float(snr.mean()), "floor": 0.6745 / math.sqrt(n_batches)}
+    raw = (mean.abs() / std.clamp(min=1e-30)).numpy()  # [P]
+    snr = np.sqrt(np.clip(raw**2 - 1.0 / n_batches, 0.0, None))  # [P], estimation bias removed
+    return {"median": float(np.median(snr)), "mean": float(snr.mean()), "raw_median": float(np.median(raw)),
+            "floor": 0.6745 / math.sqrt(n_batches)}
 
 
 # --------------------------------------------------------------------------------------------------
 # The sweeps
 
 
-def snr_settings(base: SFTConfig, snr_dbs: Sequence[float], zero_signal: bool = True, plain: bool = True) -> list[Setting]:
+def snr_settings(base: SFTConfig, snr_dbs: Sequence[float], zero_signal: bool = True,
+                 plain: bool = True) -> list[Setting]:
     """Figure 3's runs at base's learning rate: plain SFT, noise at each SNR (dB), and the zero-signal control."""
     if base.noise_snr_db is not None or base.zero_signal:
         raise ValueError("base must be plain SFT (noise_snr_db=None, zero_signal=False); the sweep sets the noise")
@@ -234,9 +243,11 @@ def robustness_settings(
 
     out: list[Setting] = []
     if sgd_lr is not None:
-        out += [same("optimizer", f"AdamW, lr {base.lr:g}"), alt("optimizer", f"SGD, lr {sgd_lr:g}", optimizer="sgd", lr=sgd_lr)]
+        out += [same("optimizer", f"AdamW, lr {base.lr:g}"),
+                alt("optimizer", f"SGD, lr {sgd_lr:g}", optimizer="sgd", lr=sgd_lr)]
     if lrs:
-        out += [same("learning rate", f"lr {base.lr:g}")] + [alt("learning rate", f"lr {lr:g}", lr=lr) for lr in lrs if lr != base.lr]
+        out += [same("learning rate", f"lr {base.lr:g}")] + [
+            alt("learning rate", f"lr {lr:g}", lr=lr) for lr in lrs if lr != base.lr]
     if group_sizes:
         out += [same("rollouts per prompt", f"G = {base.group_size}")] + [
             alt("rollouts per prompt", f"G = {g}", group_size=g) for g in group_sizes if g != base.group_size]
@@ -292,7 +303,8 @@ def save_table(path: str | Path, rows: Sequence[dict], settings: Sequence[Settin
     """Write {"settings", "rows", "note"} as JSON; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"note": note, "settings": settings_record(settings), "rows": list(rows)}, indent=1) + "\n")
+    data = {"note": note, "settings": settings_record(settings), "rows": list(rows)}
+    path.write_text(json.dumps(data, indent=1) + "\n")
     return path
 
 
@@ -303,7 +315,8 @@ def load_table(path: str | Path) -> dict:
         raise FileNotFoundError(f"no cached table at {path}: run the notebook at the cpu profile to compute it")
     data = json.loads(path.read_text())
     if not isinstance(data, dict) or not {"settings", "rows"} <= set(data):
-        raise ValueError(f"{path} is not a table written by rlvr_nb.robustness.save_table (needs 'settings' and 'rows')")
+        raise ValueError(f"{path} is not a table written by rlvr_nb.robustness.save_table "
+                         "(needs 'settings' and 'rows')")
     return data
 
 
@@ -352,7 +365,7 @@ def snr_finding(rows: Sequence[dict], moderate: Sequence[float] = (-5.0, -10.0, 
 
 
 def describe_snr_finding(rows: Sequence[dict], **kw) -> str:
-    """Finding (c) for one sweep as a sentence built from its numbers (`snr_finding`'s test), or why it cannot be judged."""
+    """Finding (c) for one sweep as a sentence built from its numbers (`snr_finding`), or why it cannot be judged."""
     cat = rows[0]["category"] if rows else "?"
     try:
         f = snr_finding(rows, **kw)

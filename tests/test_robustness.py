@@ -56,7 +56,8 @@ def test_histogram_quantiles_and_std_match_numpy():
 def test_relative_weight_change_is_the_norm_ratio(tmp_path):
     w0 = {"a": torch.ones(3, 4), "b": torch.full((5,), 2.0)}
     w1 = {"a": torch.ones(3, 4) + 0.5, "b": torch.full((5,), 2.0)}
-    d0, d1 = write_hf_dir(tmp_path / "0", w0, dtype=torch.float32), write_hf_dir(tmp_path / "1", w1, dtype=torch.float32)
+    d0 = write_hf_dir(tmp_path / "0", w0, dtype=torch.float32)
+    d1 = write_hf_dir(tmp_path / "1", w1, dtype=torch.float32)
     expected = math.sqrt(12 * 0.25) / math.sqrt(12 + 5 * 4)
     assert rb.relative_weight_change(d0, d1) == pytest.approx(expected, rel=1e-6)
     d2 = write_hf_dir(tmp_path / "2", {"a": torch.ones(3, 4)}, dtype=torch.float32)
@@ -88,7 +89,8 @@ def test_snr_settings_sweep_the_noise_only():
     s = rb.snr_settings(base, [10, -10])
     assert [x.label for x in s] == ["plain SFT", "10 dB", "-10 dB", "zero signal"]
     assert {x.category for x in s} == {"SFT lr 0.001"}
-    assert [(x.config.noise_snr_db, x.config.zero_signal) for x in s] == [(None, False), (10.0, False), (-10.0, False), (None, True)]
+    assert [(x.config.noise_snr_db, x.config.zero_signal) for x in s] == [
+        (None, False), (10.0, False), (-10.0, False), (None, True)]
     for x in s:  # nothing but the noise changes
         assert replace(x.config, noise_snr_db=None, zero_signal=False) == base
     with pytest.raises(ValueError, match="must be plain SFT"):
@@ -99,8 +101,10 @@ def test_snr_settings_sweep_the_noise_only():
 
 def test_robustness_settings_change_one_factor_at_a_time():
     base = RLConfig(steps=1000, ckpt_every=50, lr=1e-4, group_size=16)
-    s = rb.robustness_settings(base, 400, lrs=[1e-4, 3e-4], sgd_lr=0.05, group_sizes=[16, 8], estimators=["grpo", "reinforce_pp"])
-    assert [x.category for x in s] == ["optimizer"] * 2 + ["learning rate"] * 2 + ["rollouts per prompt"] * 2 + ["advantage"] * 2
+    s = rb.robustness_settings(base, 400, lrs=[1e-4, 3e-4], sgd_lr=0.05, group_sizes=[16, 8],
+                               estimators=["grpo", "reinforce_pp"])
+    assert [x.category for x in s] == (["optimizer"] * 2 + ["learning rate"] * 2 + ["rollouts per prompt"] * 2
+                                       + ["advantage"] * 2)
     baseline = [x for x in s if x.config == base]
     assert len(baseline) == 4 and all(x.max_step == 400 for x in s)  # baseline: the first 400 steps of base
     short = replace(base, steps=400)
@@ -169,14 +173,16 @@ def test_snr_finding_holds_only_for_a_rise_and_a_fall():
 def test_cached_table_is_read_when_settings_match_and_recomputed_otherwise(tmp_path, monkeypatch):
     s = rb.robustness_settings(RLConfig(steps=100, ckpt_every=10), 50, lrs=[3e-4])
     computed = []
-    monkeypatch.setattr(rb, "sweep_rows", lambda settings, emb, progress=True: computed.append(1) or [{"median": 0.9}] * len(settings))
+    monkeypatch.setattr(rb, "sweep_rows",
+                        lambda settings, emb, progress=True: computed.append(1) or [{"median": 0.9}] * len(settings))
     path = tmp_path / "data" / "table.json"
     rows, how = rb.cached_rows(path, s, EmbeddedConfig(), progress=False)
     assert how.startswith("computed") and len(computed) == 1 and path.is_file()
     rows2, how2 = rb.cached_rows(path, s, EmbeddedConfig(), progress=False)
     assert how2.startswith("read") and rows2 == rows and len(computed) == 1
     other = rb.robustness_settings(RLConfig(steps=100, ckpt_every=10), 60, lrs=[3e-4])
-    assert rb.cached_rows(path, other, EmbeddedConfig(), progress=False)[1].startswith("computed") and len(computed) == 2
+    assert rb.cached_rows(path, other, EmbeddedConfig(), progress=False)[1].startswith("computed")
+    assert len(computed) == 2
     assert rb.cached_rows(path, other, EmbeddedConfig(), recompute=True, progress=False)[1].startswith("computed")
     assert rb.load_table(path)["settings"][0]["config"]["steps"] == 100
     with pytest.raises(FileNotFoundError, match="cpu profile"):
@@ -221,7 +227,9 @@ def test_gradient_snr_falls_with_the_injected_noise():
     zero = rb.gradient_snr(model, tok, task, batch_size=16, n_batches=24, zero_signal=True)
     assert plain["median"] > 3 * noisy["median"] and plain["median"] > 3 * zero["median"]
     assert zero["floor"] == pytest.approx(0.6745 / math.sqrt(24))
-    assert 0.5 * zero["floor"] < zero["median"] < 2 * zero["floor"]  # no signal: |mean| / std is estimation noise
+    assert 0.5 * zero["floor"] < zero["raw_median"] < 2 * zero["floor"]  # no signal: |mean| / std is estimation noise
+    assert zero["median"] < 0.5 * zero["raw_median"]  # ... which the debiased estimate mostly removes
+    assert plain["median"] == pytest.approx(math.sqrt(max(plain["raw_median"] ** 2 - 1 / 24, 0)), rel=0.2)
     assert not model.training  # left in eval mode, as it came
     with pytest.raises(ValueError, match="n_batches >= 2"):
         rb.gradient_snr(model, tok, task, batch_size=16, n_batches=1)
