@@ -26,8 +26,9 @@
 #    and so do hidden activations. SFT trajectories are far less linear (medians ~0.43 / ~0.34).
 # 2. *Mechanism (Sec. 5).* The RLVR credit is one bit per response, so per-token gradient signals are
 #    noisy. Summed over many steps the noise cancels and a stable drift remains: a low-pass filter on the
-#    updates. Injecting token-level noise into SFT makes it *more* linear at moderate negative SNR.
-#    Second-order terms of the output change are negligible, so linear weights give linear outputs.
+#    updates. The paper reports that injecting token-level noise into SFT makes it *more* linear at
+#    moderate negative SNR (04 tests this on our model). Second-order terms of the output change are
+#    negligible, so linear weights give linear outputs.
 # 3. *Use (Sec. 6).* With $\alpha = (t_\text{target} - t_\text{base}) / (t_\text{second} - t_\text{base})$,
 #    extrapolate weights, $W = W_\text{base} + \alpha (W_\text{second} - W_\text{base})$, or logits,
 #    $\ell = \ell_\text{base} + \alpha(\ell_\text{second} - \ell_\text{base})$, to get a better model without

@@ -40,7 +40,8 @@ run_sweep = None  # train/read the sweep's runs and rewrite its table (cpu False
 sweep_file = None  # the sweep table, relative to the repository (cpu "notebooks/data/02_sweep_cpu.json")
 sweep_lrs = None  # learning rates of the sweep (cpu [3e-05, 5e-05, 0.0001, 0.0003])
 sweep_prompts = None  # prompts per step of the sweep, 16 rollouts each (cpu [16, 32])
-sweep_steps = None  # numbers of RL steps of the sweep; fewer than the default are read from its run (cpu [250, 500, 1000])
+sweep_base_steps = None  # steps of the sweep's base run: the default with this length and as many checkpoints (cpu 1000)
+sweep_steps = None  # numbers of RL steps of the sweep; fewer than the base are read from its run (cpu [250, 500, 1000, 2000])
 responses_per_prompt = None  # probe responses per held-out prompt for the sweep's token R^2 (cpu 8)
 
 # %%
@@ -62,7 +63,8 @@ from rlvr_nb.trajectory import load_trajectory
 P = profiles.resolve("02_weight_linearity", profile, run_dir=run_dir, sft_run_dir=sft_run_dir, base_dir=base_dir,
                      sample_fraction=sample_fraction, compare=compare, customary_sft_lr=customary_sft_lr,
                      seq_steps=seq_steps, run_sweep=run_sweep, sweep_file=sweep_file, sweep_lrs=sweep_lrs,
-                     sweep_prompts=sweep_prompts, sweep_steps=sweep_steps, responses_per_prompt=responses_per_prompt)
+                     sweep_prompts=sweep_prompts, sweep_base_steps=sweep_base_steps, sweep_steps=sweep_steps,
+                     responses_per_prompt=responses_per_prompt)
 emb = profiles.embedded_config(profile)
 rl = profiles.rl_config(profile)
 if profile == "gpu" and not P.run_dir:
@@ -175,35 +177,48 @@ if P.compare:
 
 # %% [markdown]
 # ## How the embedded RL default was chosen: the tuning sweep
-# One factor at a time around the default: learning rate, prompts per step (16 rollouts each) and number
-# of steps (a shorter run is the first steps of the default run: the trainer has no schedule that depends
-# on the total). Each row records weight and token log-prob R² (probes: `responses_per_prompt` responses
+# One factor at a time around a base run (the default at `sweep_base_steps` steps, same number of
+# checkpoints): learning rate, prompts per step (16 rollouts each) and number of steps (a shorter run is the
+# first steps of the base run, as the trainer has no schedule that depends on the total; a longer one keeps
+# the number of checkpoints). Each row records weight and token log-prob R² (probes: `responses_per_prompt` responses
 # to each held-out prompt, sampled from the common first checkpoint; see `03`) and the held-out sampled
 # accuracy at the first and last checkpoint. With `run_sweep=False` the committed table is read; set it to
 # True to train the missing runs (several minutes each at `cpu`) and rewrite it.
 
 # %%
 sweep_path = repo_root() / P.sweep_file if P.sweep_file else figure_dir().parent / f"02_sweep_{profile}.json"
-specs = cmp.sweep_specs(rl, P.sweep_lrs, P.sweep_prompts, P.sweep_steps)
+tuned = "smoke" if profile == "smoke" else "cpu"  # the sweep tunes the embedded default (gpu shows cpu's table)
+sweep_base = cmp.with_steps(profiles.rl_config(tuned), P.sweep_base_steps)
+specs = cmp.sweep_specs(sweep_base, P.sweep_lrs, P.sweep_prompts, P.sweep_steps)
 if P.run_sweep:
-    base_run = ensure_rl_run(rl, emb)
-    prompts = [p.prompt for p in AdditionTask(emb.task).eval_problems]
-    probes, probe_path = ensure_probes(load_trajectory(base_run, progress=False), base_run, prompts,
-                                       ProbeConfig(responses_per_prompt=P.responses_per_prompt, max_new_tokens=rl.max_new_tokens))
-    sweep_rows = cmp.sweep_rows(specs, cmp.Measurer(emb, probes))
+    sweep_emb = profiles.embedded_config(tuned)
+    base_run = ensure_rl_run(sweep_base, sweep_emb)
+    prompts = [p.prompt for p in AdditionTask(sweep_emb.task).eval_problems]
+    probes, probe_path = ensure_probes(load_trajectory(base_run, progress=False), base_run, prompts, ProbeConfig(
+        responses_per_prompt=P.responses_per_prompt, max_new_tokens=sweep_base.max_new_tokens))
+    sweep_rows = cmp.sweep_rows(specs, cmp.Measurer(sweep_emb, probes))
     cmp.save_sweep(sweep_path, sweep_rows, specs, note=f"{len(probes)} probes ({probe_path.name}); profile {profile}")
     print(f"computed, written to {sweep_path}")
-else:
+elif sweep_path.is_file():
     sweep = cmp.load_sweep(sweep_path)
     sweep_rows = sweep["rows"]
-    current = cmp.sweep_record(specs)
-    print(f"read from {sweep_path} ({sweep['note']})" + ("" if sweep["specs"] == current else
+    print(f"read from {sweep_path} ({sweep['note']})" + ("" if sweep["specs"] == cmp.sweep_record(specs) else
           "\nnote: the table was computed from other configs than this profile's sweep; rerun with run_sweep=True"))
+else:
+    sweep_rows = []
+    print(f"no sweep table at {sweep_path}: rerun with run_sweep=True to compute it")
 markdown_table(sweep_rows)
 
+# %% [markdown]
+# Which factors mattered, read from the table (the spread of each statistic across a factor's settings).
+# One factor is not in it: the warm start's short low-lr cool-down (`rlvr_nb.embedded`); without it every
+# trajectory began with the same jump of held-out greedy accuracy within its first checkpoint interval,
+# whatever the RL learning rate, which no learning rate could make linear.
+
 # %%
-fig = plot_sweep(sweep_rows)
-save_figure(fig, "02_tuning_sweep")
-for key in ("weight median", "token median", "acc end"):
-    for line in cmp.sweep_factors(sweep_rows, key):
-        print(line)
+if sweep_rows:
+    fig = plot_sweep(sweep_rows)
+    save_figure(fig, "02_tuning_sweep")
+    for key in ("weight median", "token median", "acc end"):
+        for line in cmp.sweep_factors(sweep_rows, key):
+            print(line)

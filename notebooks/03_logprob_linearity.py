@@ -35,6 +35,7 @@ sft_run_dir = None  # SFT run shown beside it (None: the embedded SFT trajectory
 base_dir = None  # base model directory counted as step 0, for runs that do not save one (TRL, verl)
 prompts_file = None  # text file, one probe prompt per line (None/"": the embedded task's held-out prompts)
 responses_per_prompt = None  # probe responses sampled per prompt from the first checkpoint (cpu 8)
+probe_max_tokens = None  # longest probe response (None: the RL run's max_new_tokens; cpu 6)
 min_change = 0.2  # keep tokens whose log-prob moved more than this between the first and last checkpoint
 activation_probes = None  # probe sequences whose hidden states are followed (cpu 1024)
 max_coordinates = None  # hidden-state coordinates followed, a fixed random subset (cpu 200000)
@@ -84,7 +85,7 @@ if P.prompts_file:
     prompts = [line.strip() for line in Path(P.prompts_file).read_text().splitlines() if line.strip()]
 else:
     prompts = [p.prompt for p in AdditionTask(emb.task).eval_problems]
-probe_cfg = ProbeConfig(responses_per_prompt=P.responses_per_prompt, max_new_tokens=rl.max_new_tokens)
+probe_cfg = ProbeConfig(responses_per_prompt=P.responses_per_prompt, max_new_tokens=probe_max_tokens or rl.max_new_tokens)
 probes, probe_path = ensure_probes(traj["RL"], runs["RL"], prompts, probe_cfg)
 print(f"{len(probes)} probes ({len(prompts)} prompts x {P.responses_per_prompt}), "
       f"{sum(len(p.response_ids) for p in probes):,} response tokens, saved in {probe_path}")

@@ -39,7 +39,7 @@ snr_dbs = None  # injected SNRs of Figure 3, in dB (cpu [10.0, 0.0, -5.0, -10.0,
 sft_high_lr = None  # the noisy-SFT sweep runs at this lr and at the RL run's lr (cpu 0.001)
 sft_steps = None  # steps of each noisy-SFT run (cpu 500)
 sft_ckpt_every = None  # steps between checkpoints of those runs (cpu 50)
-grad_batches = None  # batches for the per-step gradient SNR at the warm start (cpu 100)
+grad_batches = None  # batches for the per-step gradient SNR at the RL start (cpu 200)
 n_probe = None  # fixed teacher-forced held-out sequences for Figure 4 (cpu 256)
 robust_steps = None  # steps of each robustness RL run (cpu 400)
 robust_lrs = None  # AdamW learning rates of the robustness grid (cpu [3e-05, 0.0001])
@@ -54,6 +54,7 @@ seed = None  # seed of the SFT batches and the injected noise (cpu 0)
 # %%
 import math
 
+import numpy as np
 import torch
 from IPython.display import display
 
@@ -220,33 +221,39 @@ for cat in dict.fromkeys(r["category"] for r in snr_rows):
 
 # %% [markdown]
 # ### Theory against measurement
-# How noisy is each setting, in the theory's terms? At the warm start (where every run begins) we measure
-# the per-step SNR $\mu/\sigma$ of every scalar parameter's gradient over `grad_batches` independent
-# batches of the same loss (`robustness.gradient_snr`: the median over parameters of $|\bar g| / s_g$, with
-# the estimation bias $1/n$ removed from its square; the raw estimate and what a parameter with no signal
-# at all would show from that many batches are printed beside it). If that drift stayed constant over the
-# run, part 1 would predict the median $R^2$ printed beside it ($\lambda = \mathrm{SNR}\sqrt{N}$, $N$
-# steps read at $T$ checkpoints). Whether the drift did stay constant is measured directly by
-# `drift_cos`, the cosine between the weight change of the first and of the second half of each run
-# (1: a straight line; 0: a random walk; negative: the second half undoes the first).
+# How noisy is each setting, in the theory's terms? At the RL start, where every run begins, we measure the
+# mean and variance of every scalar parameter's plain SFT gradient $G$ over `grad_batches` batches, and the
+# variance of the gradient $N$ of the same batches' loss under random signs alone. The injected loss has
+# gradient $aG + \sigma N$, and $N$ has mean zero given the batch, so the per-step SNR of each parameter
+# under every setting follows (`robustness.injected_snr`; the unit test checks it against a direct estimate):
+#
+# $$ \mathrm{SNR}_p = \frac{a\,|\mathbb{E}\,G_p|}{\sqrt{a^2\,\mathrm{Var}\,G_p + \sigma^2\,\mathrm{Var}\,N_p}} . $$
+#
+# If that drift stayed constant over the run, part 1 would predict the median $R^2$ printed beside it
+# (median SNR over parameters, $\lambda = \mathrm{SNR}\sqrt{N}$ for $N$ steps read at $T$ checkpoints).
+# Whether the drift did stay constant is measured directly by `drift_cos`, the cosine between the weight
+# change of the first and of the second half of each run (1: a straight line; 0: a random walk; negative:
+# the second half undoes the first).
 
 # %%
 warm = ensure_warm_start(emb)
-warm_model, warm_tok = load_model(warm), load_tokenizer(warm)
-first_lr = [s for s in sft_settings if s.category == sft_settings[0].category]
+moments = rb.gradient_moments(load_model(warm), load_tokenizer(warm), AdditionTask(emb.task), sft_bases[0].batch_size,
+                              P.grad_batches, P.seed)
 T_sft, N_sft = snr_rows[0]["checkpoints"], snr_rows[0]["last_step"]
 theory_rows = []
-for s in first_lr:
-    g = rb.gradient_snr(warm_model, warm_tok, AdditionTask(emb.task), s.config.batch_size, P.grad_batches,
-                        s.config.noise_snr_db, s.config.zero_signal, P.seed)
+for s in [x for x in sft_settings if x.category == sft_settings[0].category]:
+    snr = float(np.nanmedian(rb.injected_snr(moments, s.config.noise_snr_db, s.config.zero_signal)))
     measured = {f"{r['category']}: median R^2 / drift_cos": f"{r['median']:.3f} / {r['drift_cos']:+.2f}"
                 for r in snr_rows if r["label"] == s.label}
-    theory_rows.append({"setting": s.label, "gradient SNR per step": g["median"], "raw estimate": g["raw_median"],
-                        "no-signal raw estimate": g["floor"],
-                        "lambda": g["median"] * math.sqrt(N_sft),
-                        "theory median R^2 (constant drift)": lp.median_r2(g["median"], T_sft, N_sft // (T_sft - 1)),
+    theory_rows.append({"setting": s.label, "median gradient SNR per step": snr, "lambda": snr * math.sqrt(N_sft),
+                        "theory median R^2 (constant drift)": lp.median_r2(snr, T_sft, N_sft // (T_sft - 1)),
                         **measured})
-markdown_table(theory_rows)
+display(markdown_table(theory_rows))
+for cat in dict.fromkeys(r["category"] for r in snr_rows):
+    gap = [r["median"] - t["theory median R^2 (constant drift)"] for t in theory_rows for r in snr_rows
+           if r["category"] == cat and r["label"] == t["setting"]]
+    print(f"{cat}: measured minus constant-drift theory, median R^2: "
+          + ", ".join(f"{t['setting']} {g:+.2f}" for t, g in zip(theory_rows, gap)))
 
 # %% [markdown]
 # **Reading the result.** The low-pass theory of part 1 says that $R^2$ can only fall as the per-step SNR
@@ -368,7 +375,7 @@ if P.compute_robustness:
                                          note="04_lowpass_theory robustness grid, cpu profile")
 else:
     robust_rows, source = rb.load_table(cache)["rows"], f"read from {cache} (computed at the cpu profile)"
-print("robustness table:", source)
+print("robustness table:", source.replace(f"{repo_root()}/", ""))
 fig = rb.plot_robustness(robust_rows)
 save_figure(fig, "04_robustness")
 

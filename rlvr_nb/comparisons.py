@@ -149,14 +149,16 @@ def comparisons(rl: RLConfig, emb: EmbeddedConfig, customary_sft_lr: float, seq_
     seqs = matched_sft(rl, batch_size=rl.prompts_per_step * rl.group_size, steps=seq_steps)
     customary = matched_sft(rl, lr=customary_sft_lr)
     rl_start, rl_end = accuracy_window(ensure_rl_run(rl, emb, progress))
-    reach = first_step_with_gain(ensure_sft_run(customary, emb, progress), rl_end - rl_start)
-    if reach is None:  # SFT never gains as much as RL: its whole run is the closest match
+    gain = rl_end - rl_start
+    reach = first_step_with_gain(ensure_sft_run(customary, emb, progress), gain) if gain > 0 else None
+    if reach is None:  # RL gained nothing, or SFT never gains as much: SFT's whole run is the closest match
         gain_spec = RunSpec(customary)
-        gain_basis = "SFT never reached RL's gain, so its whole run is read"
-    else:
+        gain_basis = (f"SFT at lr {customary_sft_lr:g} never reached RL's {gain:+.2f} held-out accuracy gain, so its "
+                      "whole run is read" if gain > 0 else "RL gained no held-out accuracy, so SFT's whole run is read")
+    else:  # the same seed and batches: a shorter run with denser checkpoints is the same trajectory
         gain_spec = RunSpec(replace(customary, steps=reach, ckpt_every=max(1, reach // (n_ckpt - 1))))
-        gain_basis = (f"SFT at lr {customary_sft_lr:g} first gains RL's {rl_end - rl_start:+.2f} held-out accuracy "
-                      f"at step {reach}; the same trajectory re-read with {n_ckpt} checkpoints up to there")
+        gain_basis = (f"SFT at lr {customary_sft_lr:g} first gains RL's {gain:+.2f} held-out accuracy at step "
+                      f"{reach}; its trajectory up to there, with checkpoints every {gain_spec.config.ckpt_every} steps")
     full = RunSpec(rl)
     return [
         Comparison("same lr and steps", "SFT on correct answers at RL's lr, steps and checkpoints; "
@@ -281,11 +283,17 @@ def describe_comparisons(rows: Sequence[dict], what: str = "weight") -> str:
 # The tuning sweep
 
 
+def with_steps(rl: RLConfig, steps: int) -> RLConfig:
+    """`rl` lasting `steps` steps with as many checkpoints (the spacing scaled with the length)."""
+    return replace(rl, steps=steps, ckpt_every=max(1, rl.ckpt_every * steps // rl.steps))
+
+
 def sweep_specs(base: RLConfig, lrs: Sequence[float] = (), prompts_per_step: Sequence[int] = (),
                 steps: Sequence[int] = ()) -> list[tuple[str, str, RunSpec]]:
     """(factor, label, spec) for the base run and one factor changed at a time.
 
-    Fewer steps than base's are read from base's own run (`max_step`); more steps train a longer run.
+    Fewer steps than base's are read from base's own run (`max_step`, fewer checkpoints); more steps train a
+    longer run with as many checkpoints as base (`with_steps`).
     """
     out = [("baseline", f"lr {base.lr:g}, {base.prompts_per_step}x{base.group_size}, {base.steps} steps", RunSpec(base))]
     out += [("learning rate", f"lr {lr:g}", RunSpec(replace(base, lr=lr))) for lr in lrs if lr != base.lr]
@@ -297,7 +305,7 @@ def sweep_specs(base: RLConfig, lrs: Sequence[float] = (), prompts_per_step: Seq
         if s < base.steps and (s % base.ckpt_every or s < 2 * base.ckpt_every):
             raise ValueError(f"{s} steps: a shorter window must be a multiple of ckpt_every={base.ckpt_every} "
                              f"holding at least 3 checkpoints")
-        out.append(("steps", f"{s} steps", RunSpec(base, s) if s < base.steps else RunSpec(replace(base, steps=s))))
+        out.append(("steps", f"{s} steps", RunSpec(base, s) if s < base.steps else RunSpec(with_steps(base, s))))
     return out
 
 

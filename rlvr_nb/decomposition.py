@@ -336,7 +336,7 @@ def plot_output_change_histogram(values: dict[str, np.ndarray], layer_name: str 
                               ("second_order", "second order", "C3")):
         rms = float(np.sqrt(np.mean(np.square(values[key], dtype=np.float64))))
         ax.hist(np.clip(values[key], -lim, lim), bins=edges, density=True, alpha=0.55, color=color,
-                label=f"{label} (rms {rms:.2g})")
+                histtype="stepfilled", label=f"{label} (rms {rms:.2g})")
     ax.set(xlabel="change of output (clipped to the 99.9% range of the total)", ylabel="density (log)", yscale="log",
            title=layer_name)
     ax.legend(fontsize=8)

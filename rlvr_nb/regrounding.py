@@ -433,13 +433,19 @@ def ensure_verl_standard_run(rl: RLConfig, model_path: str | Path, train_data: s
 # Curves: accuracy against real (and virtual) steps
 
 
-def models_at_real_steps(run_dir: str | Path, steps: Sequence[int]) -> list[tuple[int, int, Path]]:
-    """(real step, virtual step, model dir) of the newest model of a re-grounding run at each real step
-    (at a block boundary the extrapolated model). A step with no model is an error naming the ones there are."""
+def models_at_real_steps(run_dir: str | Path, steps: Sequence[int], prefer: str = "extrapolated") -> list[tuple[int, int, Path]]:
+    """(real step, virtual step, model dir) of a re-grounding run's model at each real step.
+
+    prefer='extrapolated': the newest model (at a block boundary the extrapolated one, the method's product);
+    prefer='rl': the RL checkpoint (at a block boundary the block's end, before its extrapolation).
+    A step with no model is an error naming the ones there are."""
+    if prefer not in ("extrapolated", "rl"):
+        raise ValueError(f"prefer must be 'extrapolated' or 'rl', got {prefer!r}")
     run_dir = Path(run_dir)
     newest: dict[int, dict] = {}
     for e in read_ledger(run_dir):
-        newest[e["real_step"]] = e  # later lines (the extrapolated model) win
+        if prefer == "extrapolated" or e["kind"] != "extrapolated":
+            newest[e["real_step"]] = e  # later lines (the extrapolated model) win
     out = []
     for s in steps:
         if s not in newest:
@@ -534,6 +540,16 @@ def speedup_summary(rows: Sequence[dict]) -> list[dict]:
     return list(out.values())
 
 
+def best_speedup(rows: Sequence[dict]) -> tuple[dict, list[dict]]:
+    """Of `speedup_rows`: the setting whose seed-mean curves reach the target fastest relative to standard RL
+    (a NaN speed-up counts as none), and that setting's per-seed rows."""
+    mean_rows = [r for r in rows if r["seed"] == "mean"]
+    if not mean_rows:
+        raise ValueError("no seed-mean rows: give the output of speedup_rows")
+    best = max(mean_rows, key=lambda r: -1.0 if math.isnan(r["speed-up"]) else r["speed-up"])
+    return best, [r for r in rows if r["seed"] != "mean" and r["setting"] == best["setting"]]
+
+
 def mean_curve(curves: Sequence[Curve]) -> Curve:
     """The seed-mean of curves, on the real steps they all have."""
     common = sorted(set.intersection(*[set(c.real_steps.tolist()) for c in curves]))
@@ -574,10 +590,11 @@ def _band(ax, curves: Sequence[Curve], x: str, color, label: str, style: str = "
 
 
 def plot_regrounding(std: Mapping[int, Curve], runs: Mapping[str, Mapping[int, Curve]], target: float,
-                     r2_ledgers: Mapping[str, Sequence[Sequence[dict]]] | None = None, max_real: float | None = None):
+                     r2_ledgers: Mapping[str, Sequence[Sequence[dict]]] | None = None, max_real: float | None = None,
+                     title: str | None = None):
     """Figure 6 on our model: accuracy against real RL steps (left) and against virtual steps (middle; a perfect
-    extrapolation would lie on standard RL), seed mean with min-max bands; right: the R^2-guided horizon, n and
-    the block R^2 per block of each seed."""
+    extrapolation would lie on standard RL, drawn up to 1.5 x its last step), seed mean with min-max bands;
+    right: the R^2-guided horizon, n and the block R^2 per block of each seed."""
     ncols = 3 if r2_ledgers else 2
     fig, axes = plt.subplots(1, ncols, figsize=(6 * ncols, 4.2))
     std_curves = [std[k] for k in sorted(std)]
@@ -594,7 +611,10 @@ def plot_regrounding(std: Mapping[int, Curve], runs: Mapping[str, Mapping[int, C
         ax.grid(alpha=0.3)
     axes[0].set_title("accuracy against the real RL steps spent")
     axes[1].set_title("the same models against their virtual step")
+    axes[1].set_xlim(right=1.5 * max(c.real_steps[-1] for c in std_curves))
     axes[0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
     if r2_ledgers:
         ax = axes[2]
         ax2 = ax.twinx()

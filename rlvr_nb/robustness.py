@@ -153,44 +153,60 @@ def weight_r2_row(run_dir: str | Path, max_step: int | None = None, cfg: Lineari
     }
 
 
-def gradient_snr(model, tokenizer, task: AdditionTask, batch_size: int, n_batches: int, snr_db: float | None = None,
-                 zero_signal: bool = False, seed: int = 0) -> dict:
-    """Per-step SNR of the (noise-injected) SFT gradient at a fixed model: for every scalar parameter,
-    |mean over batches| / std over batches of its gradient, summarised over parameters.
+def gradient_moments(model, tokenizer, task: AdditionTask, batch_size: int, n_batches: int, seed: int = 0) -> dict:
+    """Per-parameter moments of the SFT gradient at a fixed model, enough to give its SNR under every
+    injected-noise setting at once (`injected_snr`).
 
-    The loss is exactly `sft.train_sft`'s: the masked mean of the token NLL times
-    `lowpass.token_noise_weights(snr_db, zero_signal)`. This is the mu / sigma of the low-pass theory at the
-    model's current point. The estimate r = |mean| / std from n batches is biased up by estimation noise
-    (E[r^2] ~ SNR^2 + 1/n), so each parameter's SNR is taken as sqrt(max(r^2 - 1/n, 0)).
-
-    Returns median and mean of that over parameters, raw_median (of r itself), and floor: the raw median a
-    parameter with no signal at all would show with n batches (about 0.67 / sqrt(n)).
+    For each of n_batches batches (drawn as `sft.train_sft` draws them): the plain gradient G_b of the masked
+    mean token NLL, and the gradient N_b of the same batch's loss with independent random-sign token weights
+    (the zero-signal loss). Returns {"mean": mean_b G_b [P], "var": sample variance of G_b [P],
+    "noise_var": mean_b N_b^2 [P] (N_b has mean zero), "n": n_batches}, float64.
     """
-    from .lowpass import token_noise_weights
     from .sft import sequence_batch, token_nll
 
     if n_batches < 2 or batch_size < 1:
         raise ValueError(f"need n_batches >= 2 and batch_size >= 1, got {n_batches} and {batch_size}")
     params = [p for p in model.parameters() if p.requires_grad]
     gen = torch.Generator().manual_seed(seed)
-    total = sq = None
+    sums = None
     was_training = model.training
     model.train()
     for _ in range(n_batches):
         ids, target_mask, L = sequence_batch(tokenizer, task.sample_train(batch_size, gen))
-        nll = token_nll(model, ids, L)  # [B, N]
-        if snr_db is not None or zero_signal:
-            nll = nll * token_noise_weights(nll.shape, snr_db, zero_signal, gen)
-        loss = (nll * target_mask).sum() / target_mask.sum()
-        g = torch.cat([x.reshape(-1) for x in torch.autograd.grad(loss, params)]).double()  # [P]
-        total, sq = (g, g * g) if total is None else (total + g, sq + g * g)
+        nll = token_nll(model, ids, L) * target_mask  # [B, N]
+        signs = torch.randint(0, 2, nll.shape, generator=gen).to(nll.dtype) * 2 - 1  # [B, N], +-1
+        grads = []
+        for weights in (torch.ones_like(nll), signs):  # the plain loss, then the zero-signal loss
+            loss = (weights * nll).sum() / target_mask.sum()
+            g = torch.autograd.grad(loss, params, retain_graph=weights is not signs)
+            grads.append(torch.cat([x.reshape(-1) for x in g]).double())  # [P]
+        G, N = grads
+        batch = torch.stack([G, G * G, N * N])  # [3, P]
+        sums = batch if sums is None else sums + batch
     model.train(was_training)
-    mean = total / n_batches
-    std = (sq / n_batches - mean**2).clamp(min=0).sqrt() * math.sqrt(n_batches / (n_batches - 1))
-    raw = (mean.abs() / std.clamp(min=1e-30)).numpy()  # [P]
-    snr = np.sqrt(np.clip(raw**2 - 1.0 / n_batches, 0.0, None))  # [P], estimation bias removed
-    return {"median": float(np.median(snr)), "mean": float(snr.mean()), "raw_median": float(np.median(raw)),
-            "floor": 0.6745 / math.sqrt(n_batches)}
+    mean = sums[0] / n_batches
+    var = (sums[1] / n_batches - mean**2).clamp(min=0) * (n_batches / (n_batches - 1))
+    return {"mean": mean.numpy(), "var": var.numpy(), "noise_var": (sums[2] / n_batches).numpy(), "n": n_batches}
+
+
+def injected_snr(moments: dict, snr_db: float | None, zero_signal: bool = False) -> np.ndarray:
+    """Per-parameter, per-step SNR of the noise-injected SFT gradient (PAPER.md Sec. 5, Figure 3). [P]
+
+    With token weights w_i = a + sigma eps_i (`lowpass.noise_amplitudes`) the gradient is a G + sigma N,
+    and N has mean zero given the batch, so it is uncorrelated with G:
+
+        SNR_p = a |E G_p| / sqrt(a^2 Var G_p + sigma^2 Var N_p),
+
+    with |E G_p|^2 estimated without bias from n batches as mean_p^2 - var_p / n (clipped at 0). NaN for a
+    parameter whose gradient was zero in every batch (e.g. the embedding of a token that never occurs).
+    """
+    from .lowpass import noise_amplitudes
+
+    a, sigma = noise_amplitudes(snr_db, zero_signal)
+    signal2 = np.clip(moments["mean"] ** 2 - moments["var"] / moments["n"], 0.0, None)  # [P]
+    noise2 = a * a * moments["var"] + sigma * sigma * moments["noise_var"]  # [P]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(noise2 > 0, a * np.sqrt(signal2) / np.sqrt(np.where(noise2 > 0, noise2, 1.0)), np.nan)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -408,8 +424,8 @@ def plot_snr_sweep(rows: Sequence[dict], paper: dict | None = None) -> Figure:
             ax.axhline(plain["median"], color="C1", ls=":", label=f"plain SFT median {plain['median']:.2f}")
         if len(sweep):
             i = int(np.nanargmax(med))
-            ax.annotate(f"peak median\n{sweep[i]['label']}, {med[i]:.3f}", (x[i], med[i]), xytext=(0, 28),
-                        textcoords="offset points", ha="center", fontsize=8, arrowprops={"arrowstyle": "->"})
+            ax.annotate(f"peak median\n{sweep[i]['label']}, {med[i]:.3f}", (x[i], med[i]), xytext=(30, -45),
+                        textcoords="offset points", ha="left", fontsize=8, arrowprops={"arrowstyle": "->"})
         if paper:
             ax.axhline(paper["median"], color="0.5", ls="--", lw=0.8, label=f"paper: peak median {paper['median']}")
             ax.axhline(paper["baseline_median"], color="0.5", ls="-.", lw=0.8,

@@ -120,7 +120,8 @@ def test_sweep_specs_rows_and_table(fake_runs, tmp_path):
     labels = [(f, s) for f, s, _ in specs]
     assert labels == [("baseline", "lr 0.0001, 4x8, 200 steps"), ("learning rate", "lr 0.0003"),
                       ("prompts per step", "2x8"), ("steps", "100 steps"), ("steps", "400 steps")]
-    assert specs[3][2] == cmp.RunSpec(RL, 100) and specs[4][2].config.steps == 400
+    assert specs[3][2] == cmp.RunSpec(RL, 100)
+    assert (specs[4][2].config.steps, specs[4][2].config.ckpt_every, specs[4][2].max_step) == (400, 50, None)
     with pytest.raises(ValueError, match="multiple of ckpt_every"):
         cmp.sweep_specs(RL, steps=[60])
     rows = cmp.sweep_rows(specs[:4], cmp.Measurer(EmbeddedConfig(), progress=False))

@@ -152,6 +152,9 @@ def test_loop_ledger_and_extrapolated_weights(tmp_path, init_dir):
     assert load_file(str(run / "blocks/block_1/checkpoints/step_0/optimizer.safetensors")) == {}
     at = models_at_real_steps(run, [0, 2, 4])
     assert [(r, v, d.name) for r, v, d in at] == [(0, 0, "step_0"), (2, 5, "block_0"), (4, 10, "block_1")]
+    rl_models = models_at_real_steps(run, [0, 2, 4], prefer="rl")  # the blocks' ends, before extrapolation
+    assert [(r, v, d.parent.parent.name + "/" + d.name) for r, v, d in rl_models[1:]] == [
+        (2, 2, "block_0/step_2"), (4, 7, "block_1/step_2")]
     with pytest.raises(ValueError, match="no model at real step 3"):
         models_at_real_steps(run, [3])
     with pytest.raises(FileExistsError, match="resume=True"):
