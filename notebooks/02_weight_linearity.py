@@ -38,10 +38,10 @@ customary_sft_lr = None  # SFT learning rate of the "customary" comparisons (cpu
 seq_steps = None  # steps of the "same sequences per step" comparison (cpu 500)
 run_sweep = None  # train/read the sweep's runs and rewrite its table (cpu False: read the committed table)
 sweep_file = None  # the sweep table, relative to the repository (cpu "notebooks/data/02_sweep_cpu.json")
-sweep_lrs = None  # learning rates of the sweep (cpu [3e-05, 5e-05, 0.0001, 0.0003])
-sweep_prompts = None  # prompts per step of the sweep, 16 rollouts each (cpu [16, 32])
+sweep_lrs = None  # learning rates of the sweep (cpu [3e-05, 5e-05, 0.0001])
+sweep_prompts = None  # prompts per step of the sweep, 16 rollouts each (cpu [], e.g. [16, 64])
 sweep_base_steps = None  # steps of the sweep's base run: the default with this length and as many checkpoints (cpu 1000)
-sweep_steps = None  # numbers of RL steps of the sweep; fewer than the base are read from its run (cpu [250, 500, 1000, 2000])
+sweep_steps = None  # numbers of RL steps of the sweep; fewer than the base are read from its run (cpu [250, 500, 1000])
 responses_per_prompt = None  # probe responses per held-out prompt for the sweep's token R^2 (cpu 8)
 
 # %%

@@ -401,15 +401,16 @@ def ensure_regrounding_run(cfg: RegroundConfig, rl: RLConfig, emb=None, progress
                            init_dir: str | Path | None = None) -> Path:
     """A re-grounding run from the embedded warm start (or init_dir), cached under runs_root() by config
     hash: trained, resumed or found complete."""
-    from .embedded import EmbeddedConfig, config_hash, ensure_warm_start, runs_root
+    from .embedded import EmbeddedConfig, config_hash, ensure_warm_start, run_lock, runs_root
 
     emb = EmbeddedConfig() if emb is None else emb
     init = Path(init_dir) if init_dir is not None else ensure_warm_start(emb, progress)
     rl = replace(rl, steps=cfg.budget, ckpt_every=cfg.m)  # per-block values are set by block_rl_config
     run = runs_root() / f"reground-{config_hash(emb, rl, cfg, {'trainer': trainer, 'init': str(init)})}"
-    if not (run / "complete.json").exists():
-        run_regrounding(cfg, rl, init, run, emb.task, resume=True, progress=progress, trainer=trainer,
-                        verl_options=verl_options)
+    with run_lock(run):
+        if not (run / "complete.json").exists():
+            run_regrounding(cfg, rl, init, run, emb.task, resume=True, progress=progress, trainer=trainer,
+                            verl_options=verl_options)
     return run
 
 
@@ -417,15 +418,16 @@ def ensure_verl_standard_run(rl: RLConfig, model_path: str | Path, train_data: s
                              progress: bool = True) -> Path:
     """Standard RL with verl (GPU) from model_path, cached under runs_root() by config hash; an interrupted
     run is started again (verl runs here are never resumed). Checkpoints: <run>/checkpoints/step_N/."""
-    from .embedded import config_hash, runs_root
+    from .embedded import config_hash, run_lock, runs_root
     from .verl_launcher import from_rl_config, run_verl
 
     run = runs_root() / f"verl-rl-{config_hash(rl, {'model': str(model_path), 'data': train_data, 'n_gpus': n_gpus})}"
-    if not is_complete(run):
-        if run.exists():
-            shutil.rmtree(run)
-        run_verl(from_rl_config(rl, model_path, run, train_data=train_data, n_gpus=n_gpus), progress=progress)
-        mark_complete(run)
+    with run_lock(run):
+        if not is_complete(run):
+            if run.exists():
+                shutil.rmtree(run)
+            run_verl(from_rl_config(rl, model_path, run, train_data=train_data, n_gpus=n_gpus), progress=progress)
+            mark_complete(run)
     return run
 
 

@@ -4,6 +4,7 @@ tiny model (virtual-step ledger, extrapolated weights, optimizer keep/reset, res
 import json
 import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -245,3 +246,18 @@ def test_verl_blocks_are_successive_fresh_verl_runs(tmp_path, init_dir, monkeypa
     name = "model.layers.0.mlp.up_proj.weight"
     assert torch.allclose(weights(run / "models/block_1")[name] - weights(init_dir)[name],
                           torch.full_like(weights(init_dir)[name], 0.04), atol=1e-5)  # 2 x (0.01 x alpha 2)
+
+
+def test_ensure_regrounding_run_caches_by_config(tmp_path, init_dir, monkeypatch):
+    from rlvr_nb.embedded import EmbeddedConfig
+    from rlvr_nb.regrounding import ensure_regrounding_run
+
+    monkeypatch.setenv("RLVR_NB_RUNS", str(tmp_path))
+    emb = EmbeddedConfig(model=TINY, task=TASK)
+    cfg = RegroundConfig(m=2, n=2, budget=2)
+    run = ensure_regrounding_run(cfg, RL, emb, progress=False, init_dir=init_dir)
+    assert run.parent == tmp_path and (run / "complete.json").exists()
+    stamp = (run / "ledger.jsonl").stat().st_mtime_ns
+    assert ensure_regrounding_run(cfg, RL, emb, progress=False, init_dir=init_dir) == run  # found, not retrained
+    assert (run / "ledger.jsonl").stat().st_mtime_ns == stamp
+    assert ensure_regrounding_run(replace(cfg, n=3), RL, emb, progress=False, init_dir=init_dir) != run
