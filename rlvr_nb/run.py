@@ -127,9 +127,12 @@ def run(profile: str, only: list[str] | None = None, params: list[tuple[str, str
             failed.append(name)
         wall = time.time() - t0
         defaults = parameters_cell(nb)
-        manifest["notebooks"][name] = {"status": status, "error": error, "wall_seconds": round(wall, 1),
-                                       "parameters": {**defaults, **inject}, "seed": {**defaults, **inject}.get("seed"),
-                                       "output": f"{name}.ipynb", "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        # re-read before writing: another runner may have recorded other notebooks meanwhile
+        on_disk = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"notebooks": {}}
+        manifest["notebooks"] = {**on_disk.get("notebooks", {}), **{name: {
+            "status": status, "error": error, "wall_seconds": round(wall, 1), "parameters": {**defaults, **inject},
+            "seed": {**defaults, **inject}.get("seed"), "output": f"{name}.ipynb",
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}}}
         manifest_path.write_text(json.dumps(manifest, indent=2, default=str))
         print(f"[{profile}] {name}: {status} in {wall:.0f} s" + (f" ({error})" if error else ""), flush=True)
     if failed:
