@@ -42,6 +42,7 @@ sweep_lrs = None  # learning rates of the sweep (cpu [3e-05, 5e-05, 0.0001])
 sweep_prompts = None  # prompts per step of the sweep, 16 rollouts each (cpu [], e.g. [16, 64])
 sweep_base_steps = None  # steps of the sweep's base run: the default with this length and as many checkpoints (cpu 1000)
 sweep_steps = None  # numbers of RL steps of the sweep; fewer than the base are read from its run (cpu [250, 500, 1000])
+sweep_combined = None  # settings changed together, each a dict of RLConfig fields (cpu [{"lr": 5e-05, "steps": 2000}])
 responses_per_prompt = None  # probe responses per held-out prompt for the sweep's token R^2 (cpu 8)
 
 # %%
@@ -64,7 +65,7 @@ P = profiles.resolve("02_weight_linearity", profile, run_dir=run_dir, sft_run_di
                      sample_fraction=sample_fraction, compare=compare, customary_sft_lr=customary_sft_lr,
                      seq_steps=seq_steps, run_sweep=run_sweep, sweep_file=sweep_file, sweep_lrs=sweep_lrs,
                      sweep_prompts=sweep_prompts, sweep_base_steps=sweep_base_steps, sweep_steps=sweep_steps,
-                     responses_per_prompt=responses_per_prompt)
+                     sweep_combined=sweep_combined, responses_per_prompt=responses_per_prompt)
 emb = profiles.embedded_config(profile)
 rl = profiles.rl_config(profile)
 if profile == "gpu" and not P.run_dir:
@@ -189,7 +190,7 @@ if P.compare:
 sweep_path = repo_root() / P.sweep_file if P.sweep_file else figure_dir().parent / f"02_sweep_{profile}.json"
 tuned = "smoke" if profile == "smoke" else "cpu"  # the sweep tunes the embedded default (gpu shows cpu's table)
 sweep_base = cmp.with_steps(profiles.rl_config(tuned), P.sweep_base_steps)
-specs = cmp.sweep_specs(sweep_base, P.sweep_lrs, P.sweep_prompts, P.sweep_steps)
+specs = cmp.sweep_specs(sweep_base, P.sweep_lrs, P.sweep_prompts, P.sweep_steps, P.sweep_combined)
 if P.run_sweep:
     sweep_emb = profiles.embedded_config(tuned)
     base_run = ensure_rl_run(sweep_base, sweep_emb)

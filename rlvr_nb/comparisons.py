@@ -289,11 +289,12 @@ def with_steps(rl: RLConfig, steps: int) -> RLConfig:
 
 
 def sweep_specs(base: RLConfig, lrs: Sequence[float] = (), prompts_per_step: Sequence[int] = (),
-                steps: Sequence[int] = ()) -> list[tuple[str, str, RunSpec]]:
-    """(factor, label, spec) for the base run and one factor changed at a time.
+                steps: Sequence[int] = (), combined: Sequence[dict] = ()) -> list[tuple[str, str, RunSpec]]:
+    """(factor, label, spec) for the base run and one factor changed at a time, then `combined` settings
+    (dicts of RLConfig fields changed together, e.g. {"lr": 5e-5, "steps": 2000}).
 
     Fewer steps than base's are read from base's own run (`max_step`, fewer checkpoints); more steps train a
-    longer run with as many checkpoints as base (`with_steps`).
+    longer run with as many checkpoints as base (`with_steps`, unless ckpt_every is given).
     """
     out = [("baseline", f"lr {base.lr:g}, {base.prompts_per_step}x{base.group_size}, {base.steps} steps", RunSpec(base))]
     out += [("learning rate", f"lr {lr:g}", RunSpec(replace(base, lr=lr))) for lr in lrs if lr != base.lr]
@@ -306,6 +307,11 @@ def sweep_specs(base: RLConfig, lrs: Sequence[float] = (), prompts_per_step: Seq
             raise ValueError(f"{s} steps: a shorter window must be a multiple of ckpt_every={base.ckpt_every} "
                              f"holding at least 3 checkpoints")
         out.append(("steps", f"{s} steps", RunSpec(base, s) if s < base.steps else RunSpec(with_steps(base, s))))
+    for change in combined:
+        cfg = with_steps(base, change["steps"]) if "steps" in change else base
+        cfg = replace(cfg, **{k: v for k, v in change.items() if k != "steps"})
+        label = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in change.items())
+        out.append(("combined", label, RunSpec(cfg)))
     return out
 
 

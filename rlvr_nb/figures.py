@@ -176,12 +176,13 @@ def plot_sweep(rows: Sequence[dict], target: float = 0.85) -> plt.Figure:
     base = [r for r in rows if r["factor"] == "baseline"]
     factors = list(dict.fromkeys(r["factor"] for r in rows if r["factor"] != "baseline"))
     fig, axes = plt.subplots(1, max(len(factors), 1), figsize=(4.2 * max(len(factors), 1), 3.4), squeeze=False)
-    key_of = {"learning rate": "lr", "prompts per step": "rollouts", "steps": "steps"}
+    key_of = {"learning rate": "lr", "prompts per step": "rollouts", "steps": "steps", "combined": "setting"}
     for ax, factor in zip(axes[0], factors):
         key = key_of.get(factor, "setting")
         pts = [r for r in rows if r["factor"] == factor] + base
-        pts = sorted(pts, key=lambda r: (int(r[key].split("x")[0]) if key == "rollouts" else r[key]))
-        labels = [f"{r[key]:g}" if key == "lr" else str(r[key]) for r in pts]
+        if key != "setting":
+            pts = sorted(pts, key=lambda r: (int(r[key].split("x")[0]) if key == "rollouts" else r[key]))
+        labels = [f"{r[key]:g}" if key == "lr" else str(r[key]).replace(", ", "\n") for r in pts]
         xs = np.arange(len(pts))
         ax.plot(xs, [r["weight median"] for r in pts], "o-", label="weight R$^2$ median")
         if any(r.get("token median") is not None for r in pts):

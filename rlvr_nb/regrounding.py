@@ -534,8 +534,10 @@ def speedup_summary(rows: Sequence[dict]) -> list[dict]:
             continue
         text = f"{su:.2f}" if not math.isnan(su) else (f"<{r['note'][2:].split()[0]}" if r["note"].startswith("<") else "n/a")
         row.setdefault("_per_seed", []).append(text)
+        row.setdefault("_std", []).append("never" if math.isnan(r["standard steps"]) else f"{r['standard steps']:.0f}")
         row.setdefault("_values", []).append(su)
     for row in out.values():
+        row["standard steps to target per seed"] = " / ".join(row.pop("_std", []))
         row["speed-up per seed"] = " / ".join(row.pop("_per_seed", []))
         vals = [v for v in row.pop("_values", []) if not math.isnan(v)]
         row["median over seeds reaching it"] = float(np.median(vals)) if vals else math.nan

@@ -124,6 +124,9 @@ def test_sweep_specs_rows_and_table(fake_runs, tmp_path):
     assert (specs[4][2].config.steps, specs[4][2].config.ckpt_every, specs[4][2].max_step) == (400, 50, None)
     with pytest.raises(ValueError, match="multiple of ckpt_every"):
         cmp.sweep_specs(RL, steps=[60])
+    (factor, label, spec), = cmp.sweep_specs(RL, combined=[{"lr": 5e-5, "steps": 400}])[1:]
+    assert (factor, label) == ("combined", "lr 5e-05, steps 400")
+    assert (spec.config.lr, spec.config.steps, spec.config.ckpt_every) == (5e-5, 400, 50)
     rows = cmp.sweep_rows(specs[:4], cmp.Measurer(EmbeddedConfig(), progress=False))
     assert [r["steps"] for r in rows] == [200, 200, 200, 100] and rows[0]["token median"] is None
     assert rows[3]["acc end"] == pytest.approx(0.2) and rows[3]["train s"] == 100 and rows[0]["train s"] == 200
