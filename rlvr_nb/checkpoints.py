@@ -156,7 +156,10 @@ def save_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    from .models import quiet_transformers
+
+    with quiet_transformers():  # no "Writing model shards" bar per checkpoint
+        model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     if optimizer is not None:
         save_file(optimizer_tensors(optimizer), str(tmp / "optimizer.safetensors"))

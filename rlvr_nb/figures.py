@@ -195,6 +195,6 @@ def plot_sweep(rows: Sequence[dict], target: float = 0.85) -> plt.Figure:
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7, loc="lower left")
-    fig.suptitle("tuning sweep of the embedded RL run (one factor at a time)", fontsize=10)
+    fig.suptitle("tuning sweep of the embedded RL run (one factor at a time, then combined settings)", fontsize=10)
     fig.tight_layout()
     return fig

@@ -7,6 +7,8 @@ Nothing is downloaded: both are built from a config and a seed. Loading never us
 
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,18 +70,25 @@ def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast) -> Qwen2Fo
     return model.float().eval()
 
 
+@contextlib.contextmanager
+def quiet_transformers():
+    """Switch transformers' per-file progress bars off for a block, restoring the previous setting."""
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+
+
 def load_model(path: str | Path, dtype: torch.dtype = torch.float32) -> Qwen2ForCausalLM:
     """Load a HuggingFace causal LM directory (safetensors only, never remote code)."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"no model directory at {path}")
-    was_on = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # no "Loading weights" bar per checkpoint (analyses load dozens)
-    try:
+    with quiet_transformers():  # no "Loading weights" bar per checkpoint (analyses load dozens)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=False, use_safetensors=True)
-    finally:
-        if was_on:
-            hf_logging.enable_progress_bar()
     return model.eval()
 
 

@@ -544,6 +544,15 @@ def speedup_summary(rows: Sequence[dict]) -> list[dict]:
     return list(out.values())
 
 
+def extrapolation_jump(newest: Curve, rl: Curve) -> float:
+    """Mean accuracy change of a jump: extrapolated model minus the RL checkpoint it was extrapolated from, over
+    the evaluated real steps where the two readings of a run differ (block boundaries); NaN if there are none."""
+    if not np.array_equal(newest.real_steps, rl.real_steps):
+        raise ValueError("the two readings must be evaluated at the same real steps")
+    jump = newest.virtual_steps != rl.virtual_steps  # [K]
+    return float(np.mean(newest.accuracy[jump] - rl.accuracy[jump])) if jump.any() else math.nan
+
+
 def best_speedup(rows: Sequence[dict]) -> tuple[dict, list[dict]]:
     """Of `speedup_rows`: the setting whose seed-mean curves reach the target fastest relative to standard RL
     (a NaN speed-up counts as none), and that setting's per-seed rows."""
@@ -582,9 +591,12 @@ def budget_rows(std: Mapping[int, Curve], runs: Mapping[str, Mapping[int, Curve]
 # Figures
 
 
-def _band(ax, curves: Sequence[Curve], x: str, color, label: str, style: str = "-") -> None:
-    """Seed-mean line and min-max band of curves against 'real_steps' or 'virtual_steps'."""
+def _band(ax, curves: Sequence[Curve], x: str, color, label: str, style: str = "-", floor: float | None = None) -> None:
+    """Seed-mean line and min-max band of curves against 'real_steps' or 'virtual_steps'; a curve that falls
+    below `floor` (the axis' lower limit) says so in its label."""
     m = mean_curve(curves)
+    if floor is not None and m.accuracy.min() < floor:
+        label = f"{label}, falls to {m.accuracy.min():.2f} (below the axis)"
     xs = getattr(m, x)
     lo = np.min([[dict(zip(c.real_steps.tolist(), c.accuracy))[s] for s in m.real_steps] for c in curves], axis=0)
     hi = np.max([[dict(zip(c.real_steps.tolist(), c.accuracy))[s] for s in m.real_steps] for c in curves], axis=0)
@@ -595,10 +607,11 @@ def _band(ax, curves: Sequence[Curve], x: str, color, label: str, style: str = "
 
 def plot_regrounding(std: Mapping[int, Curve], runs: Mapping[str, Mapping[int, Curve]], target: float,
                      r2_ledgers: Mapping[str, Sequence[Sequence[dict]]] | None = None, max_real: float | None = None,
-                     title: str | None = None):
+                     title: str | None = None, ylim: tuple[float, float] | None = None, dashed: Sequence[str] = ()):
     """Figure 6 on our model: accuracy against real RL steps (left) and against virtual steps (middle; a perfect
     extrapolation would lie on standard RL, drawn up to 1.5 x its last step), seed mean with min-max bands;
-    right: the R^2-guided horizon, n and the block R^2 per block of each seed."""
+    right: the R^2-guided horizon, n and the block R^2 per block of each seed. ylim zooms on the accuracy range
+    (curves that fall below it say so in the legend); settings named in `dashed` are drawn dash-dotted."""
     ncols = 3 if r2_ledgers else 2
     fig, axes = plt.subplots(1, ncols, figsize=(6 * ncols, 4.2))
     std_curves = [std[k] for k in sorted(std)]
@@ -608,8 +621,11 @@ def plot_regrounding(std: Mapping[int, Curve], runs: Mapping[str, Mapping[int, C
     for ax, x in ((axes[0], "real_steps"), (axes[1], "virtual_steps")):
         _band(ax, std_curves, "real_steps", "k", "standard RL", "--")
         for j, (name, by_seed) in enumerate(runs.items()):
-            _band(ax, list(by_seed.values()), x, f"C{j}", name)
+            _band(ax, list(by_seed.values()), x, f"C{j}", name, "-." if name in dashed else "-",
+                  None if ylim is None else ylim[0])
         ax.axhline(target, color="gray", lw=0.8, ls=":", label=f"target {target:g}")
+        if ylim is not None:
+            ax.set_ylim(*ylim)
         ax.set(xlabel="real RL steps" if x == "real_steps" else "virtual steps (real + extrapolated)",
                ylabel="held-out accuracy (avg@k, T=1)")
         ax.grid(alpha=0.3)

@@ -261,3 +261,13 @@ def test_ensure_regrounding_run_caches_by_config(tmp_path, init_dir, monkeypatch
     assert ensure_regrounding_run(cfg, RL, emb, progress=False, init_dir=init_dir) == run  # found, not retrained
     assert (run / "ledger.jsonl").stat().st_mtime_ns == stamp
     assert ensure_regrounding_run(replace(cfg, n=3), RL, emb, progress=False, init_dir=init_dir) != run
+
+
+def test_extrapolation_jump_is_measured_at_boundaries_only():
+    from rlvr_nb.regrounding import extrapolation_jump
+
+    steps = np.array([0, 50, 100.0])
+    rl = Curve(steps, np.array([0, 50, 100.0]), np.array([0.2, 0.3, 0.4]))
+    newest = Curve(steps, np.array([0, 100, 100.0]), np.array([0.2, 0.1, 0.4]))  # a jump at 50 only
+    assert extrapolation_jump(newest, rl) == pytest.approx(-0.2)
+    assert math.isnan(extrapolation_jump(rl, rl))
