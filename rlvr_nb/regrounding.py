@@ -37,8 +37,9 @@ Design decisions (each measured or stated in notebooks/06_rl_extra):
 - Resuming: a block is complete when its `train_rl` run is; the ledger is rewritten atomically after
   each block's extrapolation. An interrupted run resumes after its last complete block, and inside the
   interrupted block from that block's last checkpoint (bit-for-bit the uninterrupted result).
-- The model "at real step R" is the newest one after R real steps: at a block boundary the extrapolated
-  model (it cost no real steps), inside a block the block's checkpoint.
+- A run is read at real step R in two ways (`models_at_real_steps`): its newest model (at a block boundary
+  the extrapolated model, which cost no real step) or its RL checkpoint (at a boundary the block's end before
+  the extrapolation). The first measures the extrapolation, the second where re-grounding RL gets from it.
 - R^2-guided horizon (ours, not the paper's, `horizon='r2'`): checkpoints every m / (r2_checkpoints - 1)
   steps inside each block give the block's median per-weight R^2 against the step
   (`rlvr_nb.linearity.weight_linearity`); the next block's n grows (x `grow`) while that R^2 stays at or
