@@ -12,7 +12,7 @@ contrast four ways, each an (RL trajectory, SFT trajectory) pair from the same w
                              first equals RL's (denser checkpoints, so the window holds as many as RL's)
     customary lr each        RL at its lr, SFT at its customary lr (the warm start's), same steps
 
-Every trajectory is a `RunSpec`: a config trained through the cached `ensure_rl_run` / `ensure_sft_run`
+Every trajectory is a `RunSpec`: a config trained through the cached `embedded.ensure_trajectory`
 (by config hash under `runs/`) and optionally read only up to `max_step`. The trainers have no schedule
 that depends on the total number of steps, so the first N steps of a run are the trajectory of an N-step run.
 
@@ -32,7 +32,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .checkpoints import read_metrics, to_jsonable
-from .embedded import EmbeddedConfig, ensure_rl_run, ensure_sft_run, matched_sft
+from .embedded import EmbeddedConfig, ensure_trajectory, matched_sft
 from .grpo import RLConfig
 from .linearity import LinearityConfig, R2Summary, TrajectoryLinearity, weight_linearity
 from .logprobs import Probe, logprob_linearity, logprob_trajectories, token_positions
@@ -51,7 +51,7 @@ class RunSpec:
     """One trajectory: a run of the embedded default, read up to `max_step` (None: all of it)."""
 
     config: RLConfig | SFTConfig
-    """The run's config; its directory is `ensure_rl_run(config)` or `ensure_sft_run(config)`."""
+    """The run's config; its directory is `embedded.ensure_trajectory(config)`."""
     max_step: int | None = None
     """Analyse only the checkpoints up to this step."""
 
@@ -88,11 +88,7 @@ class Comparison:
 
 def ensure_spec(spec: RunSpec, emb: EmbeddedConfig, progress: bool = True) -> Path:
     """The run directory of a spec, trained (cached by config hash) when missing."""
-    if isinstance(spec.config, RLConfig):
-        return ensure_rl_run(spec.config, emb, progress)
-    if isinstance(spec.config, SFTConfig):
-        return ensure_sft_run(spec.config, emb, progress)
-    raise ValueError(f"a RunSpec's config must be an RLConfig or an SFTConfig, got {type(spec.config).__name__}")
+    return ensure_trajectory(spec.config, emb, progress)
 
 
 def checkpoints_upto(run_dir: str | Path, max_step: int | None = None) -> list[tuple[int, Path]]:
@@ -148,9 +144,9 @@ def comparisons(rl: RLConfig, emb: EmbeddedConfig, customary_sft_lr: float, seq_
     same = matched_sft(rl)
     seqs = matched_sft(rl, batch_size=rl.prompts_per_step * rl.group_size, steps=seq_steps)
     customary = matched_sft(rl, lr=customary_sft_lr)
-    rl_start, rl_end = accuracy_window(ensure_rl_run(rl, emb, progress))
+    rl_start, rl_end = accuracy_window(ensure_trajectory(rl, emb, progress))
     gain = rl_end - rl_start
-    reach = first_step_with_gain(ensure_sft_run(customary, emb, progress), gain) if gain > 0 else None
+    reach = first_step_with_gain(ensure_trajectory(customary, emb, progress), gain) if gain > 0 else None
     if reach is None:  # RL gained nothing, or SFT never gains as much: SFT's whole run is the closest match
         gain_spec = RunSpec(customary)
         gain_basis = (f"SFT at lr {customary_sft_lr:g} never reached RL's {gain:+.2f} held-out accuracy gain, so its "

@@ -108,6 +108,15 @@ def ensure_sft_run(sft: SFTConfig, emb: EmbeddedConfig = EmbeddedConfig(), progr
     return run
 
 
+def ensure_trajectory(config: RLConfig | SFTConfig, emb: EmbeddedConfig = EmbeddedConfig(), progress: bool = True) -> Path:
+    """The run directory of an RL or SFT config of the embedded default, trained (cached by config hash) if missing."""
+    if isinstance(config, RLConfig):
+        return ensure_rl_run(config, emb, progress)
+    if isinstance(config, SFTConfig):
+        return ensure_sft_run(config, emb, progress)
+    raise ValueError(f"a trajectory's config must be an RLConfig or an SFTConfig, got {type(config).__name__}")
+
+
 def matched_sft(rl: RLConfig, **changes) -> SFTConfig:
     """The SFT trajectory with RL's budget: same steps, checkpoint spacing, learning rate, optimizer and seed,
     one sequence per RL prompt (batch = prompts_per_step); `changes` override any field."""

@@ -8,7 +8,7 @@ Two sweeps, each a list of `Setting`s (one trajectory each), turned into table r
 - `robustness_settings`: the RL run with one factor changed at a time from a baseline: optimizer
   (AdamW / SGD), learning rate, rollouts per prompt, advantage estimator (PAPER.md Sec. 3, Figure 2).
 
-Every trajectory is trained through the cached `ensure_sft_run` / `ensure_rl_run` (by config hash under
+Every trajectory is trained through the cached `embedded.ensure_trajectory` (by config hash under
 `runs/`), so a sweep re-run only reads checkpoints. A row holds the weight R^2 of the *active*
 parameters (those kept by the engine's filters: range over the checkpoints > 1e-4, at least four
 distinct values; `rlvr_nb.linearity`): the median and the mean over all active scalars (each tensor
@@ -33,7 +33,7 @@ from safetensors.numpy import load_file
 from tqdm.auto import tqdm
 
 from .checkpoints import read_metrics, to_jsonable
-from .embedded import EmbeddedConfig, ensure_rl_run, ensure_sft_run
+from .embedded import EmbeddedConfig, ensure_trajectory
 from .grpo import RLConfig
 from .linearity import LinearityConfig, weight_linearity
 from .sft import SFTConfig
@@ -50,7 +50,7 @@ class Setting:
     label: str
     """Row label within the group, e.g. "-10 dB" or "SGD, lr 0.05"."""
     config: RLConfig | SFTConfig
-    """The run's config; the run directory is `ensure_rl_run(config)` or `ensure_sft_run(config)`."""
+    """The run's config; the run directory is `embedded.ensure_trajectory(config)`."""
     max_step: int | None = None
     """Analyse only checkpoints up to this step (None: all). Lets a row read the first steps of a longer run."""
 
@@ -273,15 +273,6 @@ def robustness_settings(
     return out or [replace(baseline, category="baseline")]
 
 
-def ensure_run(setting: Setting, emb: EmbeddedConfig, progress: bool = True) -> Path:
-    """The setting's run directory, trained (cached by config hash) if missing."""
-    if isinstance(setting.config, RLConfig):
-        return ensure_rl_run(setting.config, emb, progress)
-    if isinstance(setting.config, SFTConfig):
-        return ensure_sft_run(setting.config, emb, progress)
-    raise ValueError(f"a setting's config must be an RLConfig or an SFTConfig, got {type(setting.config).__name__}")
-
-
 def setting_fields(setting: Setting) -> dict:
     """The config values a table row shows: learning rate, optimizer, and the noise (SFT) or RL factors."""
     c = setting.config
@@ -297,7 +288,7 @@ def sweep_rows(settings: Sequence[Setting], emb: EmbeddedConfig, progress: bool 
     """
     rows, seen = [], {}
     for s in tqdm(settings, desc="runs of the sweep", disable=not progress):
-        run = ensure_run(s, emb, progress)
+        run = ensure_trajectory(s.config, emb, progress)
         key = (str(run), s.max_step)
         if key not in seen:
             seen[key] = weight_r2_row(run, s.max_step)

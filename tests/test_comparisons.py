@@ -30,7 +30,7 @@ def write_metrics(run, accuracy, steps=STEPS):
 
 @pytest.fixture
 def fake_runs(tmp_path, monkeypatch):
-    """ensure_rl_run / ensure_sft_run return fabricated runs (checkpoints every 25 steps up to the config's
+    """ensure_trajectory returns fabricated runs (checkpoints every 25 steps up to the config's
     steps, at most 200): RL gains 0.2 in 200 steps, SFT at lr 1e-3 0.22 by step 100, other SFT 0.08."""
     made = {}
 
@@ -43,8 +43,7 @@ def fake_runs(tmp_path, monkeypatch):
             made[key] = write_metrics(d, lambda s: 0.1 + rate * s, steps)
         return made[key]
 
-    monkeypatch.setattr(cmp, "ensure_rl_run", run_for)
-    monkeypatch.setattr(cmp, "ensure_sft_run", run_for)
+    monkeypatch.setattr(cmp, "ensure_trajectory", run_for)
     return run_for
 
 

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from trajectory_fixtures import fabricated_weights, small_model_and_tokenizer, write_hf_dir
 
 from rlvr_nb import robustness as rb
-from rlvr_nb.embedded import EmbeddedConfig
+from rlvr_nb.embedded import EmbeddedConfig, ensure_trajectory
 from rlvr_nb.grpo import RLConfig
 from rlvr_nb.sft import SFTConfig
 from rlvr_nb.streaming import HIST_BINS
@@ -123,13 +123,13 @@ def test_robustness_settings_change_one_factor_at_a_time():
 def test_sweep_rows_analyses_a_shared_run_once(tmp_path, monkeypatch):
     runs = {}  # one fabricated run per distinct config
 
-    def fake_ensure(setting, emb, progress=True):
-        key = repr(setting.config)
+    def fake_ensure(config, emb, progress=True):
+        key = repr(config)
         if key not in runs:
             runs[key] = fake_run(tmp_path / f"run{len(runs)}", seed=len(runs))
         return runs[key]
 
-    monkeypatch.setattr(rb, "ensure_run", fake_ensure)
+    monkeypatch.setattr(rb, "ensure_trajectory", fake_ensure)
     calls = []
     real = rb.weight_r2_row
     monkeypatch.setattr(rb, "weight_r2_row", lambda r, m=None: calls.append(m) or real(r, m))
@@ -142,9 +142,9 @@ def test_sweep_rows_analyses_a_shared_run_once(tmp_path, monkeypatch):
     assert rows[0]["median"] != rows[1]["median"]
 
 
-def test_ensure_run_rejects_other_configs():
+def test_ensure_trajectory_rejects_other_configs():
     with pytest.raises(ValueError, match="RLConfig or an SFTConfig"):
-        rb.ensure_run(rb.Setting("x", "y", {"lr": 1}), EmbeddedConfig())
+        ensure_trajectory({"lr": 1}, EmbeddedConfig())
 
 
 def snr_rows(values):
