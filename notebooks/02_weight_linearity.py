@@ -40,9 +40,10 @@ run_sweep = None  # train/read the sweep's runs and rewrite its table (cpu False
 sweep_file = None  # the sweep table, relative to the repository (cpu "notebooks/data/02_sweep_cpu.json")
 sweep_lrs = None  # learning rates of the sweep (cpu [3e-05, 5e-05, 0.0001])
 sweep_prompts = None  # prompts per step of the sweep, 16 rollouts each (cpu [], e.g. [16, 64])
-sweep_base_steps = None  # steps of the sweep's base run: the default with this length and as many checkpoints (cpu 1000)
+sweep_base = None  # RLConfig fields changed from the profile's RL run for the sweep's base (cpu: the first default, profiles.CHEAP_RL)
+sweep_base_steps = None  # steps of the sweep's base run: that config with this length and as many checkpoints (cpu 1000)
 sweep_steps = None  # numbers of RL steps of the sweep; fewer than the base are read from its run (cpu [250, 500, 1000])
-sweep_combined = None  # settings changed together, each a dict of RLConfig fields (cpu [{"lr": 5e-05, "steps": 2000}])
+sweep_combined = None  # settings changed together, each a dict of RLConfig fields (cpu: see profiles.PARAMS)
 responses_per_prompt = None  # probe responses per held-out prompt for the sweep's token R^2 (cpu 8)
 
 # %%
@@ -64,7 +65,7 @@ from rlvr_nb.trajectory import load_trajectory
 P = profiles.resolve("02_weight_linearity", profile, run_dir=run_dir, sft_run_dir=sft_run_dir, base_dir=base_dir,
                      sample_fraction=sample_fraction, compare=compare, customary_sft_lr=customary_sft_lr,
                      seq_steps=seq_steps, run_sweep=run_sweep, sweep_file=sweep_file, sweep_lrs=sweep_lrs,
-                     sweep_prompts=sweep_prompts, sweep_base_steps=sweep_base_steps, sweep_steps=sweep_steps,
+                     sweep_prompts=sweep_prompts, sweep_base=sweep_base, sweep_base_steps=sweep_base_steps, sweep_steps=sweep_steps,
                      sweep_combined=sweep_combined, responses_per_prompt=responses_per_prompt)
 emb = profiles.embedded_config(profile)
 rl = profiles.rl_config(profile)
@@ -178,8 +179,9 @@ if P.compare:
 
 # %% [markdown]
 # ## How the embedded RL default was chosen: the tuning sweep
-# One factor at a time around a base run (the default at `sweep_base_steps` steps, same number of
-# checkpoints): learning rate, prompts per step (16 rollouts each) and number of steps (a shorter run is the
+# One factor at a time around a base run (`sweep_base`: at `cpu` the first default, 32 prompts x 16
+# rollouts, lr 3e-5, 1000 steps), then settings changed together (`sweep_combined`), the last of which
+# became the `cpu` default: learning rate, prompts per step (16 rollouts each) and number of steps (a shorter run is the
 # first steps of the base run, as the trainer has no schedule that depends on the total; a longer one keeps
 # the number of checkpoints). Each row records weight and token log-prob R² (probes: `responses_per_prompt` responses
 # to each held-out prompt, sampled from the common first checkpoint; see `03`) and the held-out sampled
@@ -189,7 +191,7 @@ if P.compare:
 # %%
 sweep_path = repo_root() / P.sweep_file if P.sweep_file else figure_dir().parent / f"02_sweep_{profile}.json"
 tuned = "smoke" if profile == "smoke" else "cpu"  # the sweep tunes the embedded default (gpu shows cpu's table)
-sweep_base = cmp.with_steps(profiles.rl_config(tuned), P.sweep_base_steps)
+sweep_base = cmp.with_steps(profiles.rl_config(tuned, **P.sweep_base), P.sweep_base_steps)
 specs = cmp.sweep_specs(sweep_base, P.sweep_lrs, P.sweep_prompts, P.sweep_steps, P.sweep_combined)
 if P.run_sweep:
     sweep_emb = profiles.embedded_config(tuned)

@@ -32,6 +32,7 @@
 
 # %% tags=["parameters"]
 profile = "cpu"  # smoke | cpu | gpu
+rl_recipe = None  # RLConfig fields changed from the profile's RL run (cpu: the cheaper first default, profiles.CHEAP_RL)
 interactive = False  # True: ipywidgets sliders for SNR and K (papermill: False, one static figure)
 theory_points = None  # points per theory curve; the exact median costs ~0.1 s a point (cpu 40)
 sim_params = None  # simulated parameters per setting in the theory figures (cpu 400)
@@ -74,9 +75,9 @@ P = profiles.resolve("04_lowpass_theory", profile, theory_points=theory_points, 
                      sft_high_lr=sft_high_lr, sft_steps=sft_steps, sft_ckpt_every=sft_ckpt_every,
                      grad_batches=grad_batches, n_probe=n_probe, robust_steps=robust_steps, robust_lrs=robust_lrs,
                      sgd_lr=sgd_lr, group_sizes=group_sizes, estimators=estimators,
-                     compute_robustness=compute_robustness, robustness_cache=robustness_cache, seed=seed)
+                     compute_robustness=compute_robustness, robustness_cache=robustness_cache, seed=seed, rl_recipe=rl_recipe)
 emb = profiles.embedded_config(profile)
-rl = profiles.rl_config(profile, seed=P.seed)
+rl = profiles.rl_config(profile, **{**P.rl_recipe, "seed": P.seed})
 P
 
 # %% [markdown]
@@ -281,7 +282,7 @@ for cat in dict.fromkeys(r["category"] for r in snr_rows):
 # give outputs moving (nearly) on a line. We measure the Frobenius norm of each part over every token of
 # `n_probe` fixed held-out sequences (prompt and correct answer, teacher-forced), for every `nn.Linear`
 # (attention q/k/v/o, MLP gate/up/down, output head), between every pair of consecutive checkpoints of
-# the RL trajectory of notebook 01.
+# the RL trajectory of the recipe (`rl_recipe`; at `cpu` the cheaper 32x16 run, 01's run elsewhere).
 
 # %%
 rl_run = ensure_rl_run(rl, emb)

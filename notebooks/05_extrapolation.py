@@ -31,12 +31,14 @@
 #
 # $$\alpha = \frac{t' - t_0}{t_1 - t_0}$$
 #
-# We test both on the embedded RL run of notebook 01, scoring every model on the same held-out problems
+# We test both on an embedded RL run (at `cpu` the cheaper 1000-step 32x16 recipe, `rl_recipe`; 01's run at
+# the other profiles), scoring every model on the same held-out problems
 # with avg@k and a 95% confidence interval over questions; "beats / matches / below" always means the
 # paired difference on the same questions has its interval above 0 / around 0 / below 0.
 
 # %% tags=["parameters"]
 profile = "cpu"  # smoke | cpu | gpu
+rl_recipe = None  # RLConfig fields changed from the profile's RL run (cpu: the cheaper first default, profiles.CHEAP_RL)
 k = None  # samples per held-out question (cpu 8)
 n_problems = None  # held-out problems scored (cpu 512, all of them)
 sampling = None  # [(temperature, top_p)] scored; the first is Figure 5's (cpu [(0.6, 0.95), (1.0, 1.0)])
@@ -76,8 +78,8 @@ transformers.logging.disable_progress_bar()  # no "Loading weights" bar for each
 P = profiles.resolve("05_extrapolation", profile, k=k, n_problems=n_problems, sampling=sampling, t_seconds=t_seconds,
                      alphas=alphas, t_base_late=t_base_late, t_seconds_late=t_seconds_late, logits_pairs=logits_pairs,
                      logits_alpha=logits_alpha, slider_alpha=slider_alpha, n_examples=n_examples, run_dir=run_dir,
-                     eval_data=eval_data)
-rl_cfg, emb = profiles.rl_config(profile), profiles.embedded_config(profile)
+                     eval_data=eval_data, rl_recipe=rl_recipe)
+rl_cfg, emb = profiles.rl_config(profile, **P.rl_recipe), profiles.embedded_config(profile)
 run = Path(P.run_dir) if getattr(P, "run_dir", None) else ensure_rl_run(rl_cfg, emb)
 ckpts = dict(list_checkpoints(run))  # step -> HF checkpoint directory
 if getattr(P, "eval_data", None):

@@ -222,8 +222,7 @@ def train_rl(cfg: RLConfig, init_dir: str | Path, run_dir: str | Path, task_cfg:
         t0 = time.perf_counter()
         # 1. Rollouts: G completions per prompt, KV-cached, at the rollout temperature.
         problems = task.sample_train(P, gen)
-        prompts = [p.prompt for p in problems for _ in range(G)]
-        prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts)  # [P*G, L]
+        prompt_ids, prompt_mask = (x.repeat_interleave(G, 0) for x in encode_prompts(tokenizer, [p.prompt for p in problems]))  # [P*G, L]
         model.eval()
         tokens, mask = generate(model, prompt_ids, prompt_mask, max_new_tokens=N, eos_id=tokenizer.eos_token_id,
                                 pad_id=tokenizer.pad_token_id, temperature=cfg.temperature, generator=gen)

@@ -47,7 +47,18 @@ RL_RUNS: dict[str, RLConfig] = {
                     loss_agg="seq-mean-token-mean", eval_problems=500),
 }
 
-# Knobs of each notebook per profile (the RL run's own knobs come from RL_RUNS).
+# 04-06 train or evaluate many models (noisy-SFT and robustness sweeps, extrapolated models, ~20 re-grounding
+# runs), so at `cpu` they run on the first, cheaper default: 32 prompts x 16 rollouts, lr 3e-5, 1000 steps, a
+# checkpoint every 50 (a quarter of RL_RUNS["cpu"]'s rollouts). It shows their findings; its token log-prob
+# R^2 is too low for 03's finding (see 02's sweep), which is why RL_RUNS["cpu"] is larger.
+CHEAP_RL: dict = {"steps": 1000, "prompts_per_step": 32, "lr": 3e-5, "ckpt_every": 50}
+
+# 02's tuning sweep at `cpu`: settings changed together from CHEAP_RL; the last one is RL_RUNS["cpu"].
+SWEEP_COMBINED: list[dict] = [{"lr": 5e-5, "steps": 2000}, {"lr": 5e-5, "steps": 3000, "ckpt_every": 100},
+                              {"lr": 5e-5, "steps": 2000, "prompts_per_step": 64}]
+
+# Knobs of each notebook per profile (the RL run's own knobs come from RL_RUNS; `rl_recipe` holds the RLConfig
+# fields a notebook changes from it).
 PARAMS: dict[str, dict[str, dict]] = {
     "00_overview": {p: {} for p in PROFILES},
     "01_training": {
@@ -60,19 +71,20 @@ PARAMS: dict[str, dict[str, dict]] = {
     # committed table (run_sweep=True recomputes it), gpu analyses the run_dir you give and shows cpu's table.
     "02_weight_linearity": {
         "smoke": {"run_dir": None, "sft_run_dir": None, "base_dir": None, "sample_fraction": None,
-                  "compare": True, "customary_sft_lr": 1e-3, "seq_steps": 30, "run_sweep": True, "sweep_file": "",
+                  "compare": True, "customary_sft_lr": 1e-3, "seq_steps": 30, "run_sweep": True, "sweep_file": "", "sweep_base": {},
                   "sweep_lrs": [3e-4], "sweep_prompts": [], "sweep_base_steps": 40, "sweep_steps": [30, 40],
                   "sweep_combined": [], "responses_per_prompt": 2},
         "cpu": {"run_dir": None, "sft_run_dir": None, "base_dir": None, "sample_fraction": None,
                 "compare": True, "customary_sft_lr": 1e-3, "seq_steps": 500, "run_sweep": False,
-                "sweep_file": "notebooks/data/02_sweep_cpu.json", "sweep_lrs": [3e-5, 5e-5, 1e-4],
+                "sweep_file": "notebooks/data/02_sweep_cpu.json", "sweep_base": CHEAP_RL, "sweep_lrs": [3e-5, 5e-5, 1e-4],
                 "sweep_prompts": [], "sweep_base_steps": 1000, "sweep_steps": [250, 500, 1000],
-                "sweep_combined": [{"lr": 5e-5, "steps": 2000}], "responses_per_prompt": 8},
+                "sweep_combined": SWEEP_COMBINED, "responses_per_prompt": 8},
         "gpu": {"run_dir": "", "sft_run_dir": "", "base_dir": None, "sample_fraction": None,
                 "compare": False, "customary_sft_lr": 1e-3, "seq_steps": 500,
-                "run_sweep": False, "sweep_file": "notebooks/data/02_sweep_cpu.json", "sweep_lrs": [3e-5, 5e-5, 1e-4],
+                "run_sweep": False, "sweep_file": "notebooks/data/02_sweep_cpu.json", "sweep_base": CHEAP_RL,
+                "sweep_lrs": [3e-5, 5e-5, 1e-4],
                 "sweep_prompts": [], "sweep_base_steps": 1000, "sweep_steps": [250, 500, 1000],
-                "sweep_combined": [{"lr": 5e-5, "steps": 2000}], "responses_per_prompt": 8},
+                "sweep_combined": SWEEP_COMBINED, "responses_per_prompt": 8},
     },
     # 03_logprob_linearity: (owned by the 02/03 notebook author). Probes: responses_per_prompt samples from
     # the first checkpoint for each held-out prompt (gpu: one prompt per line of prompts_file).
@@ -91,16 +103,16 @@ PARAMS: dict[str, dict[str, dict]] = {
     # The noisy-SFT sweep (Fig. 3) and the robustness grid (Fig. 2) train the embedded model at every profile;
     # smoke reads the robustness table computed at cpu (notebooks/data/04_robustness_cpu.json).
     "04_lowpass_theory": {
-        "smoke": {"theory_points": 10, "sim_params": 100, "snr_dbs": [-10.0], "sft_high_lr": 1e-3, "sft_steps": 15,
+        "smoke": {"rl_recipe": {}, "theory_points": 10, "sim_params": 100, "snr_dbs": [-10.0], "sft_high_lr": 1e-3, "sft_steps": 15,
                   "sft_ckpt_every": 5, "grad_batches": 8, "n_probe": 64, "robust_steps": 400, "robust_lrs": [3e-5, 1e-4],
                   "sgd_lr": 0.01, "group_sizes": [16, 8], "estimators": ["grpo", "reinforce_pp"],
                   "compute_robustness": False, "robustness_cache": "notebooks/data/04_robustness_cpu.json", "seed": 0},
-        "cpu": {"theory_points": 40, "sim_params": 400, "snr_dbs": [10.0, 0.0, -5.0, -10.0, -15.0, -20.0],
+        "cpu": {"rl_recipe": CHEAP_RL, "theory_points": 40, "sim_params": 400, "snr_dbs": [10.0, 0.0, -5.0, -10.0, -15.0, -20.0],
                 "sft_high_lr": 1e-3, "sft_steps": 500, "sft_ckpt_every": 50, "grad_batches": 200, "n_probe": 256,
                 "robust_steps": 400, "robust_lrs": [3e-5, 1e-4], "sgd_lr": 0.01, "group_sizes": [16, 8],
                 "estimators": ["grpo", "reinforce_pp"], "compute_robustness": True,
                 "robustness_cache": "notebooks/data/04_robustness_cpu.json", "seed": 0},
-        "gpu": {"theory_points": 40, "sim_params": 400, "snr_dbs": [10.0, 0.0, -5.0, -10.0, -15.0, -20.0],
+        "gpu": {"rl_recipe": {}, "theory_points": 40, "sim_params": 400, "snr_dbs": [10.0, 0.0, -5.0, -10.0, -15.0, -20.0],
                 "sft_high_lr": 1e-3, "sft_steps": 500, "sft_ckpt_every": 50, "grad_batches": 200, "n_probe": 256,
                 "robust_steps": 400, "robust_lrs": [3e-5, 1e-4], "sgd_lr": 0.01, "group_sizes": [16, 8],
                 "estimators": ["grpo", "reinforce_pp"], "compute_robustness": False,
@@ -110,13 +122,13 @@ PARAMS: dict[str, dict[str, dict]] = {
     # (smoke: 40 steps, every 10; cpu: 1000 steps, every 50). sampling: [(temperature, top_p)], the first
     # is Figure 5's; Table 1 uses the paper's base/second/target ratio 200/1400/2000 (alpha 1.5).
     "05_extrapolation": {
-        "smoke": {"k": 4, "n_problems": 64, "sampling": [(0.6, 0.95), (1.0, 1.0)], "t_seconds": [10, 20, 30],
+        "smoke": {"rl_recipe": {}, "k": 4, "n_problems": 64, "sampling": [(0.6, 0.95), (1.0, 1.0)], "t_seconds": [10, 20, 30],
                   "alphas": [1.0, 1.5, 2.0, 3.0], "t_base_late": 10, "t_seconds_late": [20, 30],
                   "logits_pairs": [(10, 30)], "logits_alpha": 1.5, "slider_alpha": 1.5, "n_examples": 2},
-        "cpu": {"k": 8, "n_problems": 512, "sampling": [(0.6, 0.95), (1.0, 1.0)], "t_seconds": [200, 400, 600],
+        "cpu": {"rl_recipe": CHEAP_RL, "k": 8, "n_problems": 512, "sampling": [(0.6, 0.95), (1.0, 1.0)], "t_seconds": [200, 400, 600],
                 "alphas": [1.0, 1.25, 1.5, 2.0, 2.5, 3.0], "t_base_late": 200, "t_seconds_late": [400, 600, 800],
                 "logits_pairs": [(100, 600), (150, 1000)], "logits_alpha": 1.5, "slider_alpha": 1.5, "n_examples": 3},
-        "gpu": {"k": 16, "n_problems": 500, "sampling": [(0.6, 0.95), (1.0, 1.0)], "t_seconds": [300, 600, 1400],
+        "gpu": {"rl_recipe": {}, "k": 16, "n_problems": 500, "sampling": [(0.6, 0.95), (1.0, 1.0)], "t_seconds": [300, 600, 1400],
                 "alphas": [1.0, 1.25, 1.5, 1.75, 2.0], "t_base_late": 200, "t_seconds_late": [600, 1000, 1400],
                 "logits_pairs": [(200, 1400)], "logits_alpha": 1.5, "slider_alpha": 1.5, "n_examples": 3,
                 "run_dir": "", "eval_data": ""},
@@ -125,14 +137,14 @@ PARAMS: dict[str, dict[str, dict]] = {
     # other seeds run std_steps. Every re-grounding run spends `budget` real steps; settings are (m, n).
     # target: held-out avg@k at T=1, fixed before the re-grounding runs (see the notebook for why 0.26).
     "06_rl_extra": {
-        "smoke": {"seeds": [0], "std_steps": 40, "budget": 20, "settings": [(10, 10)], "optimizer": "keep",
+        "smoke": {"rl_recipe": {}, "seeds": [0], "std_steps": 40, "budget": 20, "settings": [(10, 10)], "optimizer": "keep",
                   "reset_setting": (10, 10), "reset_seeds": [0], "r2_m": 10, "r2_checkpoints": 6, "r2_grow_at": 2.0,
                   "r2_shrink_below": 1.0, "target": 0.3, "eval_every": 10, "eval_k": 1, "block_eval_problems": 16},
-        "cpu": {"seeds": [0, 1, 2], "std_steps": 500, "budget": 200, "settings": [(50, 50), (50, 100), (10, 50), (100, 100)],
+        "cpu": {"rl_recipe": CHEAP_RL, "seeds": [0, 1, 2], "std_steps": 500, "budget": 200, "settings": [(50, 50), (50, 100), (10, 50), (100, 100)],
                 "optimizer": "keep", "reset_setting": (50, 50), "reset_seeds": [0], "r2_m": 50, "r2_checkpoints": 6,
                 "r2_grow_at": 2.0, "r2_shrink_below": 1.0, "target": 0.26, "eval_every": 50, "eval_k": 4,
                 "block_eval_problems": 64},
-        "gpu": {"seeds": [0], "std_steps": 1400, "budget": 1200, "settings": [(100, 100), (300, 300), (300, 600), (20, 100)],
+        "gpu": {"rl_recipe": {}, "seeds": [0], "std_steps": 1400, "budget": 1200, "settings": [(100, 100), (300, 300), (300, 600), (20, 100)],
                 "optimizer": "reset", "reset_setting": None, "reset_seeds": [], "r2_m": 100, "r2_checkpoints": 5,
                 "r2_grow_at": 2.0, "r2_shrink_below": 1.0, "target": 0.38, "eval_every": 100, "eval_k": 16,
                 "block_eval_problems": 64, "model_path": "", "data_path": "", "eval_data": "", "n_gpus": 1},
