@@ -16,7 +16,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoints import append_metrics, mark_complete, load_weights_into, open_run, restore_training_state, save_checkpoint, to_jsonable
+from safetensors.torch import load_file
+
+from .checkpoints import (append_metrics, load_optimizer_tensors, load_weights_into, mark_complete, open_run,
+                          restore_training_state, save_checkpoint, to_jsonable)
 from .models import load_model, load_tokenizer
 from .sampling import decode_responses, encode_prompts, generate
 from .tasks import AdditionTask, Problem, TaskConfig
@@ -189,15 +192,23 @@ def checkpoint_eval(model, tokenizer, task: AdditionTask, n: int, max_new_tokens
 
 
 def train_rl(cfg: RLConfig, init_dir: str | Path, run_dir: str | Path, task_cfg: TaskConfig = TaskConfig(),
-             resume: bool = False, progress: bool = True, stop_after: int | None = None) -> Path:
+             resume: bool = False, progress: bool = True, stop_after: int | None = None,
+             init_optimizer: str | Path | None = None) -> Path:
     """Run GRPO-style RLVR from the HF model in init_dir; checkpoints land in run_dir/checkpoints/.
 
     resume=True continues from the last complete checkpoint and, with the same seed, reaches the same
     weights as an uninterrupted run. stop_after (a step count) stops early, as a kill would.
+    init_optimizer: a checkpoint directory whose optimizer.safetensors a new run starts from (another run's
+    AdamW moments and step count, e.g. across a re-grounding); None starts a fresh optimizer.
     """
     validate(cfg)
     init_dir = Path(init_dir)
     run_config = {"kind": "rl", "rl": to_jsonable(cfg), "task": to_jsonable(task_cfg), "init_dir": str(init_dir.resolve())}
+    if init_optimizer is not None:  # only then recorded, so runs without it keep their config (and cache key)
+        init_optimizer = Path(init_optimizer)
+        if not (init_optimizer / "optimizer.safetensors").is_file():
+            raise FileNotFoundError(f"init_optimizer: no optimizer.safetensors in {init_optimizer}")
+        run_config["init_optimizer"] = str(init_optimizer.resolve())
     start, ckpt = open_run(run_dir, run_config, resume)
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(init_dir)
@@ -210,6 +221,8 @@ def train_rl(cfg: RLConfig, init_dir: str | Path, run_dir: str | Path, task_cfg:
         load_weights_into(model, ckpt)
         restore_training_state(ckpt, opt, gen)
     else:
+        if init_optimizer is not None:
+            load_optimizer_tensors(opt, load_file(str(init_optimizer / "optimizer.safetensors")))
         state = {"metrics": checkpoint_eval(model, tokenizer, task, cfg.eval_problems, cfg.max_new_tokens, cfg.seed),
                  "config": run_config, "seed": cfg.seed}
         save_checkpoint(run_dir, 0, model, tokenizer, state, opt, gen)

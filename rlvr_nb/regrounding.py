@@ -31,9 +31,7 @@ Design decisions (each measured or stated in notebooks/06_rl_extra):
           direction of the extrapolation, so they remain a sensible estimate after the jump);
   'reset' a fresh AdamW each block (what successive independent verl runs do). Adam's first update
           after a reset is ~lr * sign(g) on every weight, a noisy kick the kept state avoids.
-  'keep' needs no change to the trainer: the block is opened with `train_rl(stop_after=0)` (which writes
-  its step-0 checkpoint), the previous block's optimizer.safetensors is copied into that checkpoint, and
-  `train_rl(resume=True)` continues from it. verl blocks can only 'reset'.
+  'keep' is `train_rl(init_optimizer=<previous block's last checkpoint>)`. verl blocks can only 'reset'.
 - Resuming: a block is complete when its `train_rl` run is; the ledger is rewritten atomically after
   each block's extrapolation. An interrupted run resumes after its last complete block, and inside the
   interrupted block from that block's last checkpoint (bit-for-bit the uninterrupted result).
@@ -261,23 +259,14 @@ def _open_regrounding(run_dir: Path, config: dict, resume: bool) -> None:
 # One block
 
 
-def _copy_atomic(src: Path, dst: Path) -> None:
-    tmp = dst.parent / f".{dst.name}.tmp-{os.getpid()}"
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-
-
 def train_block_embedded(rl_block: RLConfig, init_dir: Path, block_dir: Path, task_cfg: TaskConfig,
                          optimizer_from: Path | None, progress: bool, stop_after: int | None) -> bool:
     """One block with our trainer; returns True when the block is complete. optimizer_from: a checkpoint
     whose optimizer.safetensors the block starts from ('keep'), or None for a fresh optimizer ('reset')."""
     if is_complete(block_dir):
         return True
-    if optimizer_from is not None:
-        train_rl(rl_block, init_dir, block_dir, task_cfg, resume=True, progress=False, stop_after=0)  # step_0 only
-        first_step, first_dir = list_checkpoints(block_dir)[0]
-        _copy_atomic(optimizer_from / "optimizer.safetensors", first_dir / "optimizer.safetensors")
-    train_rl(rl_block, init_dir, block_dir, task_cfg, resume=True, progress=progress, stop_after=stop_after)
+    train_rl(rl_block, init_dir, block_dir, task_cfg, resume=True, progress=progress, stop_after=stop_after,
+             init_optimizer=optimizer_from)
     return is_complete(block_dir)
 
 

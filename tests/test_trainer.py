@@ -110,3 +110,19 @@ def test_resume_guards(init_dir, tmp_path):
         train_rl(other, init_dir, run, TASK, progress=False, resume=True)
     with pytest.raises(ValueError, match="adv_estimator"):
         train_rl(RLConfig(adv_estimator="nope"), init_dir, tmp_path / "x", TASK)
+
+
+def test_init_optimizer_continues_another_runs_adamw_state(init_dir, tmp_path):
+    first = train_rl(RL, init_dir, tmp_path / "first", TASK, progress=False)
+    last = list_checkpoints(first)[-1][1]
+    run = train_rl(RL, last, tmp_path / "next", TASK, progress=False, stop_after=0, init_optimizer=last)
+    prev = load_file(str(last / "optimizer.safetensors"))
+    start = load_file(str(list_checkpoints(run)[0][1] / "optimizer.safetensors"))
+    assert prev and prev.keys() == start.keys() and all(torch.equal(prev[k], start[k]) for k in prev)
+    train_rl(RL, last, run, TASK, progress=False, resume=True, init_optimizer=last)
+    after = load_file(str(list_checkpoints(run)[-1][1] / "optimizer.safetensors"))
+    assert {after[k].item() for k in after if k.endswith(".step")} == {2 * RL.steps}  # the step count went on
+    with pytest.raises(ValueError, match="init_optimizer"):  # resuming without it is a different run
+        train_rl(RL, last, run, TASK, progress=False, resume=True)
+    with pytest.raises(FileNotFoundError, match="no optimizer.safetensors"):
+        train_rl(RL, init_dir, tmp_path / "x", TASK, progress=False, init_optimizer=tmp_path)
