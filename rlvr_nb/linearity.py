@@ -28,7 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from rlvr_nb.streaming import HIST_BINS, ChunkAccumulator, chunk_stats
-from rlvr_nb.trajectory import Trajectory, raise_nonfinite
+from rlvr_nb.trajectory import MappedReader, Rows, Trajectory, raise_nonfinite
 
 
 EXACT_MEDIAN_MAX = 1 << 22
@@ -51,8 +51,9 @@ class LinearityConfig:
     """The paper reports the fraction of kept weights with R^2 above this."""
     drift: bool = True
     """Also accumulate the T x T Gram matrix for the drift spectrum (costs about as much as the rest)."""
-    chunk_elems: int = 1 << 18
-    """Elements of a tensor read per checkpoint at a time (memory ~ T x chunk_elems x 2 x 6 bytes)."""
+    chunk_elems: int = 1 << 19
+    """Elements of a tensor read per checkpoint at a time (memory ~ T x chunk_elems x 2 to 8 bytes: the
+    chunk's mapped pages, or two float32 copies where the files cannot be mapped as stored)."""
     n_examples: int = 4
     """Example trajectories to return (chosen at evenly spaced quantiles of R^2)."""
     seed: int = 0
@@ -350,10 +351,13 @@ def weight_linearity(
     bar = tqdm(total=sum(i.numel for i in analysed.values()), desc="weight R^2", unit="param", unit_scale=True,
                disable=not progress)
     try:
-        with ThreadPoolExecutor(max_workers=1) as reader:  # reads the next chunk while this one is computed
+        # maps the next chunk while this one is computed (page faults, no copy)
+        with ThreadPoolExecutor(max_workers=1) as reader, MappedReader(traj) as mapped:
+            out = r2_buffers(cfg)  # reused by every chunk: fresh arrays would page-fault each time
             for name in analysed:
                 bar.set_postfix_str(name[-40:], refresh=False)
-                per_tensor[name] = tensor_pass(traj, name, cfg, steps, acc, reader, writer, pool, rng, bar)
+                per_tensor[name] = tensor_pass(traj, name, cfg, steps, acc, reader, writer, pool, rng, bar, mapped,
+                                               out)
     finally:
         bar.close()
         acc.close()
@@ -373,32 +377,67 @@ def weight_linearity(
 
 def tensor_pass(traj: Trajectory, name: str, cfg: LinearityConfig, steps: np.ndarray, acc: ChunkAccumulator,
                 reader: ThreadPoolExecutor, writer: "R2Writer | None", pool: list[Example],
-                rng: np.random.Generator, bar) -> R2Summary:
-    """One tensor, chunk by chunk: R^2 of its entries (all or sampled), its summary, a few examples."""
+                rng: np.random.Generator, bar, mapped: MappedReader | None = None,
+                out: tuple[np.ndarray, np.ndarray] | None = None) -> R2Summary:
+    """One tensor, chunk by chunk: R^2 of its entries (all or sampled), its summary, a few examples.
+    Chunks are views of the mapped files when `mapped` serves this tensor, else copies (`Trajectory.read`);
+    R^2 and slopes go to the buffers `out` (`r2_buffers`), a small tensor's R^2 one after the other for
+    its exact median."""
     info = traj.tensors[name]
     idx = sample_indices(name, info.numel, cfg)
     spans = chunk_spans(info.numel, idx, cfg.chunk_elems)
-    pending = reader.submit(traj.read, name, *spans[0][:2])
-    kept_r2: list[np.ndarray] = []
+    r2_buf, slope_buf = out if out is not None else r2_buffers(cfg)
+    small = info.numel <= EXACT_MEDIAN_MAX
+    read = mapped.rows if mapped is not None and mapped.serves(name) else traj.read
+    pending = reader.submit(read, name, *spans[0][:2])
+    filled = 0  # R^2 values of this tensor in r2_buf (small tensors)
     for k, (start, stop, cols) in enumerate(spans):
-        raw = pending.result()  # [T, stop - start]
+        raw = pending.result()  # [T, stop - start]: an array or T mapped rows
         if k + 1 < len(spans):
-            pending = reader.submit(traj.read, name, *spans[k + 1][:2])
+            pending = reader.submit(read, name, *spans[k + 1][:2])
         values = raw if cols is None else np.ascontiguousarray(raw[:, cols])  # [T, n]
+        n = values.shape[1]
+        at = filled if small else 0
         r2, slope = chunk_stats(kernel_bits(values), steps, acc, min_range=cfg.min_range,
-                                min_distinct=cfg.min_distinct, threshold=cfg.threshold, gram=cfg.drift)  # [n]
+                                min_distinct=cfg.min_distinct, threshold=cfg.threshold, gram=cfg.drift,
+                                out=(r2_buf[at:at + n], slope_buf[:n]))  # [n]
+        filled += n
         if acc.acc[:, 3].sum() > 0:
             raise_nonfinite(traj, name, ~np.isfinite(as_float(values)))
         if writer is not None:
             writer.write(r2)
-        if info.numel <= EXACT_MEDIAN_MAX:
-            kept_r2.append(r2[np.isfinite(r2)])
         keep_examples(pool, name, values, r2, slope, start, cols, rng)
+        if isinstance(raw, Rows):
+            mapped.release(name, start, stop)  # bounded memory: drop the chunk's pages from our resident set
         bar.update(stop - start)
     bar.update(info.numel - sum(stop - start for start, stop, _ in spans))  # entries not sampled
     hist, a = acc.take_counts()
-    exact = np.concatenate(kept_r2) if info.numel <= EXACT_MEDIAN_MAX else None
-    return summary_from_counts(hist, info.numel if idx is None else idx.size, a[1], int(a[2]), exact)
+    middle = middle_values([r2_buf[:filled]], hist) if small else None
+    return summary_from_counts(hist, info.numel if idx is None else idx.size, a[1], int(a[2]), middle)
+
+
+def r2_buffers(cfg: LinearityConfig) -> tuple[np.ndarray, np.ndarray]:
+    """float32 buffers for `tensor_pass`: R^2 of a whole small tensor or of one chunk, slopes of one chunk."""
+    return np.empty(max(EXACT_MEDIAN_MAX, cfg.chunk_elems), np.float32), np.empty(cfg.chunk_elems, np.float32)
+
+
+def middle_values(r2_chunks: list[np.ndarray], hist: np.ndarray) -> np.ndarray:
+    """The middle one or two of the kept (not NaN) R^2 values of all chunks [1 or 2], so that their median
+    is the exact median of all of them. The histogram of the kept values names the bins that hold the
+    middle ranks; only the values in those bins are gathered and partitioned."""
+    count = int(hist.sum())
+    if count == 0:
+        return np.empty(0, np.float32)
+    nbins = len(hist)
+    cum = np.cumsum(hist)
+    ranks = np.array([(count - 1) // 2, count // 2])  # 0-based ranks of the middle values
+    first, last = np.searchsorted(cum, ranks + 1)  # bins holding them
+    lo, hi = (first - 1) / nbins, (last + 2) / nbins  # a margin of one bin: the exact test follows
+    near = np.concatenate([r[(r >= lo) & (r < hi)] for r in r2_chunks])  # NaN compares False
+    bins = np.minimum((near.astype(np.float64) * nbins).astype(np.int64), nbins - 1)  # as the kernel bins
+    inside = np.sort(near[(bins >= first) & (bins <= last)])
+    before = int(cum[first - 1]) if first > 0 else 0
+    return inside[np.unique(ranks - before)]
 
 
 def group_by(summaries: dict, key) -> dict:
@@ -421,15 +460,19 @@ def chunk_spans(numel: int, idx: np.ndarray | None, chunk_elems: int) -> list[tu
     return spans
 
 
-def kernel_bits(values: np.ndarray) -> np.ndarray:
-    """Raw values [T, n] as the kernel's input: bf16 bits (uint16) or float32 bits (int32)."""
+def kernel_bits(values: np.ndarray | Rows) -> np.ndarray | Rows:
+    """Raw values [T, n] (an array or T rows) as the kernel's input: bf16 bits (uint16) or float32 bits
+    (int32), without a copy for bf16 and float32."""
     if values.dtype == np.uint16:
         return values
+    if isinstance(values, Rows) and values.dtype == np.float32:
+        return Rows(row.view(np.int32) for row in values)
     return np.ascontiguousarray(values, dtype=np.float32).view(np.int32)
 
 
-def as_float(values: np.ndarray) -> np.ndarray:
-    """Raw values (bf16 bits or floats) [T, n] as float64."""
+def as_float(values: np.ndarray | Rows) -> np.ndarray:
+    """Raw values (bf16 bits or floats) [T, n] (an array or T rows) as float64."""
+    values = np.asarray(values)
     if values.dtype == np.uint16:
         return (values.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
     return values.astype(np.float64)

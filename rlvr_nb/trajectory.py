@@ -15,6 +15,9 @@ Everything that can be checked without reading the weights is checked up front, 
 each: missing directory, no checkpoints, fewer than three, duplicate steps, keys or shapes that differ
 between checkpoints, corrupt or truncated safetensors files, differing tokenizers. Non-finite weights
 are found while the weights are read (`Trajectory.check_finite`, or the R^2 engine itself).
+
+A chunk of a tensor across all checkpoints is read as a copy (`Trajectory.read`) or, as the R^2 engine
+does, as views of read-only memory maps of the files whose pages are released after use (`MappedReader`).
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import mmap
 import re
 import struct
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -99,7 +104,7 @@ class Trajectory:
         Raw storage values: bf16 as uint16 bit patterns when every checkpoint stores bf16, otherwise
         float32 (or float64 when any checkpoint stores float64). Plain positioned reads of the safetensors
         data into the array, so that memory stays bounded by the chunk (a memory map, as `safe_open` uses,
-        would keep every page it touched resident).
+        would keep every page it touched resident; `MappedReader` maps without a copy and releases them).
         """
         info = self._info(name)
         if not info.is_float:
@@ -143,6 +148,112 @@ class Trajectory:
         if name not in self.tensors:
             raise KeyError(f"no tensor {name!r} in this trajectory")
         return self.tensors[name]
+
+
+class Rows(tuple):
+    """The T rows [n] of one chunk as separate arrays (views of memory-mapped files, see `MappedReader`).
+
+    A tuple of arrays, plus the indexing of a [T, n] array that the R^2 engine needs: rows[:, cols]
+    gathers columns into a new [T, k] array."""
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):
+            which, cols = key
+            return np.stack([row[cols] for row in super().__getitem__(which)])
+        return super().__getitem__(key)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self), len(super().__getitem__(0))
+
+    @property
+    def dtype(self) -> np.dtype:
+        return super().__getitem__(0).dtype
+
+
+class MappedReader:
+    """Chunks of a trajectory's tensors without copying: read-only memory maps of the safetensors files.
+
+    `rows(name, start, stop)` gives elements [start, stop) of every checkpoint as views of the page cache
+    (`Rows`), without the copy `Trajectory.read` makes, when `serves(name)`: every checkpoint stores the
+    tensor as bf16, or every one as float32, at an aligned offset (otherwise use `Trajectory.read`).
+    `release(name, start, stop)` drops those pages from this process's resident set once the chunk is
+    used (MADV_DONTNEED; the files are read-only, so a later access reads them again), so that memory stays
+    bounded by the chunks in flight, as with plain reads. Use as a context manager: the files are unmapped
+    on exit. A file truncated after `load_trajectory` checked it is an error when it is mapped.
+    """
+
+    RAW = {"BF16": np.uint16, "F32": np.float32}
+    """Storage dtypes served as views: bf16 as uint16 bit patterns, float32 as is."""
+    AROUND = max(mmap.PAGESIZE, 1 << 21)
+    """Granularity of `release`: a page fault may map the cached pages around it too (Linux maps 64 KiB
+    around a fault, or a whole page-cache folio, up to 2 MiB)."""
+
+    def __init__(self, traj: Trajectory):
+        self.traj = traj
+        self.maps: dict[Path, mmap.mmap] = {}
+        self.lock = threading.Lock()
+
+    def __enter__(self) -> "MappedReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Unmap the files (a map still viewed by a live array is left to the garbage collector)."""
+        for m in self.maps.values():
+            try:
+                m.close()
+            except BufferError:
+                pass
+        self.maps.clear()
+
+    def serves(self, name: str) -> bool:
+        """Whether `rows` can give this tensor's raw values as views (one dtype, bf16 or float32, aligned)."""
+        info = self.traj._info(name)
+        if len(set(info.dtypes)) != 1 or info.dtypes[0] not in self.RAW:
+            return False
+        size = np.dtype(self.RAW[info.dtypes[0]]).itemsize
+        return all(offset % size == 0 for _, offset in info.locations)
+
+    def rows(self, name: str, start: int, stop: int) -> Rows:
+        """Elements [start, stop) of the flattened tensor in every checkpoint, as T read-only row views."""
+        info = self.traj._info(name)
+        if not self.serves(name):
+            raise ValueError(f"tensor {name} ({set(info.dtypes)}) cannot be mapped as stored; use Trajectory.read")
+        dtype = np.dtype(self.RAW[info.dtypes[0]])
+        if not 0 <= start <= stop <= info.numel:
+            raise ValueError(f"range [{start}, {stop}) outside tensor {name} of {info.numel} elements")
+        views = []
+        for path, offset in info.locations:
+            m = self._map(path)
+            end = offset + stop * dtype.itemsize
+            if end > len(m):
+                raise ValueError(f"truncated safetensors file {path}: tensor {name} ends past the end of the file")
+            views.append(np.frombuffer(m, dtype, stop - start, offset + start * dtype.itemsize))
+        return Rows(views)
+
+    def release(self, name: str, start: int, stop: int) -> None:
+        """Drop the pages of elements [start, stop) of every checkpoint from this process's resident set."""
+        if not hasattr(mmap.mmap, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+            return  # the pages stay resident until the files are unmapped
+        info = self.traj._info(name)
+        size = np.dtype(self.RAW[info.dtypes[0]]).itemsize
+        for path, offset in info.locations:
+            m = self.maps.get(path)
+            if m is not None and stop > start:
+                # a page fault also maps cached pages around it (fault-around, large folios): drop those too
+                first = (offset + start * size) // self.AROUND * self.AROUND
+                end = min(len(m), -(-(offset + stop * size) // self.AROUND) * self.AROUND)
+                m.madvise(mmap.MADV_DONTNEED, first, end - first)
+
+    def _map(self, path: Path) -> mmap.mmap:
+        with self.lock:
+            if path not in self.maps:
+                with open(path, "rb") as f:
+                    self.maps[path] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            return self.maps[path]
 
 
 def read_exactly(path: Path, offset: int, buf: memoryview, name: str) -> None:

@@ -14,14 +14,15 @@ from rlvr_nb.linearity import (
     LinearityConfig,
     drift_spectrum,
     histogram_median,
+    middle_values,
     module_and_layer,
     r2_against_steps,
     summarize_r2,
     trajectory_linearity,
     weight_linearity,
 )
-from rlvr_nb.streaming import ChunkAccumulator, chunk_stats
-from rlvr_nb.trajectory import load_trajectory
+from rlvr_nb.streaming import HIST_BINS, ChunkAccumulator, chunk_stats
+from rlvr_nb.trajectory import MappedReader, Rows, load_trajectory
 
 UNEVEN = (0, 50, 60, 200, 210, 500, 900)
 
@@ -131,6 +132,150 @@ def test_negative_zero_counts_as_zero():
     r2, _ = chunk_stats(values.view(np.int32), np.arange(4.0), ChunkAccumulator(4), min_range=0.0, min_distinct=3,
                         threshold=0.7, gram=False)
     assert np.isnan(r2[0]) and r2[1] == pytest.approx(1.0)
+
+
+def bf16_bits(values: np.ndarray) -> np.ndarray:
+    """float32 values [T, n] rounded to bf16, as uint16 bit patterns (the kernel's bf16 input)."""
+    bf16 = torch.from_numpy(np.ascontiguousarray(values, np.float32)).to(torch.bfloat16)
+    return bf16.view(torch.int16).numpy().view(np.uint16)
+
+
+def bits_values(bits: np.ndarray) -> np.ndarray:
+    """uint16 bf16 bit patterns [T, n] as float64 values."""
+    return (bits.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+
+
+@pytest.mark.parametrize("T", [3, 4, 5, 6, 7, 14])
+@pytest.mark.parametrize("wide", [False, True])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_gram_tiles_match_float64_gram(T, wide, threads):
+    """The kernel's Gram matrix (3 x 3 tiles of rows, padded; float32 within a block) against float64,
+    for odd and even T, bf16 and float32 input, and a column count that is no multiple of the block."""
+    rng = np.random.default_rng(T)
+    n = 1537
+    w = (0.02 * rng.standard_normal(n) + np.cumsum(3e-3 * rng.standard_normal((T, n)), 0)).astype(np.float32)
+    bits = w.view(np.int32) if wide else bf16_bits(w)
+    values = w.astype(np.float64) if wide else bits_values(bits)
+    acc = ChunkAccumulator(T, n_threads=threads)
+    chunk_stats(bits, np.arange(T) * 10.0, acc, min_range=0.0, min_distinct=0, threshold=0.7, gram=True)
+    chunk_stats(bits[:, :700].copy(), np.arange(T) * 10.0, acc, min_range=0.0, min_distinct=0, threshold=0.7,
+                gram=True)  # accumulates across chunks
+    acc.close()
+    d = values - values[0]
+    ref = d @ d.T + d[:, :700] @ d[:, :700].T
+    np.testing.assert_allclose(acc.gram_matrix(), ref, rtol=2e-5, atol=1e-6 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("min_distinct", [0, 2, 3, 4, 5, 7])
+def test_bf16_and_float32_paths_agree(min_distinct):
+    """bf16 input (16-bit order keys) and the same values as float32 (32-bit keys) give identical R^2,
+    slopes and filters, also for negative values and both zeros."""
+    rng = np.random.default_rng(2)
+    T, n = 7, 4000
+    levels = rng.integers(1, 8, size=n)
+    values = (np.stack([rng.integers(0, levels) for _ in range(T)]) - 3).astype(np.float32) * 0.01
+    values[:, :20] = rng.choice(np.array([0.0, -0.0, 0.5], np.float32), size=(T, 20))  # -0.0 equals 0.0
+    values[:, 20:1000] += rng.standard_normal((T, 980)).astype(np.float32)  # all distinct
+    bits = bf16_bits(values)
+    exact = bits_values(bits)  # the bf16 values
+    args = dict(min_range=0.0, min_distinct=min_distinct, threshold=0.7, gram=False)
+    r2_16, slope_16 = chunk_stats(bits, np.arange(T) * 10.0, ChunkAccumulator(T), **args)
+    r2_32, slope_32 = chunk_stats(exact.astype(np.float32).view(np.int32), np.arange(T) * 10.0, ChunkAccumulator(T),
+                                  **args)
+    np.testing.assert_array_equal(r2_16, r2_32)
+    np.testing.assert_array_equal(slope_16, slope_32)
+    np.testing.assert_array_equal(~np.isnan(r2_16), reference_filters(exact, 0.0, max(min_distinct, 1)))
+
+
+@pytest.mark.parametrize("wide", [False, True])
+def test_nonfinite_columns_are_counted_and_excluded(wide):
+    rng = np.random.default_rng(3)
+    T, n = 6, 1100
+    w = (1 + np.cumsum(rng.standard_normal((T, n)), 0)).astype(np.float32)
+    bad = {3: (2, np.nan), 600: (0, np.inf), 601: (5, -np.inf), 1099: (1, np.nan)}
+    for j, (t, v) in bad.items():
+        w[t, j] = v
+    w[:, 700] = [3e38, -3e38, 3e38, -3e38, 1e38, 0.0]  # huge but finite: kept
+    bits = w.view(np.int32) if wide else bf16_bits(w)
+    acc = ChunkAccumulator(T, n_threads=2)
+    r2, _ = chunk_stats(bits, np.arange(T) * 1.0, acc, min_range=0.0, min_distinct=4, threshold=0.7, gram=True)
+    acc.close()
+    assert acc.acc[:, 3].sum() == len(bad)
+    assert np.isnan(r2[list(bad)]).all() and np.isfinite(r2[700])
+    assert np.isfinite(r2).sum() == n - len(bad)
+
+
+def test_rows_input_and_out_buffers_equal_array_input():
+    rng = np.random.default_rng(4)
+    T, n = 5, 3000
+    bits = bf16_bits(np.cumsum(rng.standard_normal((T, n)), 0))
+    args = dict(min_range=1e-4, min_distinct=4, threshold=0.7, gram=True)
+    a, b = ChunkAccumulator(T), ChunkAccumulator(T)
+    r2, slope = chunk_stats(bits, np.arange(T) * 1.0, a, **args)
+    out = (np.full(n, 7.0, np.float32), np.full(n, 7.0, np.float32))
+    got = chunk_stats(Rows(list(bits)), np.arange(T) * 1.0, b, out=out, **args)
+    assert got[0] is out[0] and got[1] is out[1]
+    np.testing.assert_array_equal(out[0], r2)
+    np.testing.assert_array_equal(out[1], slope)
+    np.testing.assert_array_equal(a.gram_matrix(), b.gram_matrix())
+    with pytest.raises(ValueError, match="out must be"):
+        chunk_stats(bits, np.arange(T) * 1.0, a, out=(out[0][:10], out[1]), **args)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        chunk_stats(np.asfortranarray(bits), np.arange(T) * 1.0, a, **args)
+
+
+def test_exact_median_from_histogram_bins():
+    rng = np.random.default_rng(5)
+    for trial in range(300):
+        n = int(rng.integers(1, 2000))
+        x = [rng.random(n), rng.choice([0.0, 0.3, 0.5, 0.50005, 0.99999, 1.0], n),
+             rng.integers(0, 9, n) / 1e4][trial % 3].astype(np.float32)  # spread, ties, within a few bins
+        x[rng.random(n) < 0.2] = np.nan
+        kept = x[np.isfinite(x)]
+        hist = np.bincount(np.minimum((kept.astype(np.float64) * HIST_BINS).astype(np.int64), HIST_BINS - 1),
+                           minlength=HIST_BINS)
+        middle = middle_values(np.array_split(x, 3), hist)
+        if kept.size:
+            assert float(np.median(middle)) == float(np.median(kept))
+        else:
+            assert middle.size == 0
+
+
+def test_mapped_rows_equal_copying_reads(tmp_path):
+    weights = fabricated_weights(UNEVEN[:4])
+    pairs = {kind: [(s, write_hf_dir(tmp_path / kind / f"c{s}", w, dtype=dtype(i)))
+                    for i, (s, w) in enumerate(zip(UNEVEN, weights))]
+             for kind, dtype in [("bf16", lambda i: torch.bfloat16), ("f32", lambda i: torch.float32),
+                                 ("f16", lambda i: torch.float16),
+                                 ("mixed", lambda i: torch.float32 if i == 0 else torch.bfloat16)]}
+    for kind, ps in pairs.items():
+        traj = load_trajectory(ps, progress=False)
+        with MappedReader(traj) as mapped:
+            for name, info in traj.tensors.items():
+                assert mapped.serves(name) == (kind in ("bf16", "f32"))  # else the engine reads copies
+                if not mapped.serves(name):
+                    continue
+                for start, stop in [(0, info.numel), (1, min(info.numel, 37)), (info.numel, info.numel)]:
+                    rows = mapped.rows(name, start, stop)
+                    np.testing.assert_array_equal(np.stack(rows), traj.read(name, start, stop), err_msg=name)
+                    mapped.release(name, start, stop)
+                    np.testing.assert_array_equal(np.stack(rows), traj.read(name, start, stop))  # pages read again
+                    assert not rows[0].flags.writeable
+        # the engine gives the same result whichever way the chunks are read
+        res = weight_linearity(traj, LinearityConfig(chunk_elems=333), progress=False)
+        values = {n: stored_values(traj.dirs, n) for n in traj.tensors}
+        for name, s in res.per_tensor.items():
+            keep = reference_filters(values[name], 1e-4, 4)
+            assert s.count == keep.sum()
+            if keep.any():
+                assert s.median == pytest.approx(np.median(reference_r2(values[name], UNEVEN[:4])[keep]), abs=2e-6)
+    traj = load_trajectory(pairs["bf16"], progress=False)
+    name = "model.embed_tokens.weight"
+    path, offset = traj.tensors[name].locations[2]
+    with open(path, "r+b") as f:
+        f.truncate(offset + 10)
+    with MappedReader(traj) as mapped, pytest.raises(ValueError, match="truncated"):
+        mapped.rows(name, 0, traj.tensors[name].numel)
 
 
 def test_sampled_mode_counts_and_values(tmp_path):
