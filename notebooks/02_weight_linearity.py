@@ -180,13 +180,14 @@ if P.compare:
 # %% [markdown]
 # ## How the embedded RL default was chosen: the tuning sweep
 # One factor at a time around a base run (`sweep_base`: at `cpu` the first default, 32 prompts x 16
-# rollouts, lr 3e-5, 1000 steps), then settings changed together (`sweep_combined`), the last of which
-# became the `cpu` default: learning rate, prompts per step (16 rollouts each) and number of steps (a shorter run is the
-# first steps of the base run, as the trainer has no schedule that depends on the total; a longer one keeps
-# the number of checkpoints). Each row records weight and token log-prob R² (probes: `responses_per_prompt` responses
-# to each held-out prompt, sampled from the common first checkpoint; see `03`) and the held-out sampled
-# accuracy at the first and last checkpoint. With `run_sweep=False` the committed table is read; set it to
-# True to train the missing runs (several minutes each at `cpu`) and rewrite it.
+# rollouts, lr 3e-5, 1000 steps): learning rate, prompts per step (16 rollouts each) and number of steps (a
+# shorter run is the first steps of the base run, as the trainer has no schedule that depends on the total;
+# a longer one keeps the number of checkpoints). Then settings changed together (`sweep_combined`); the last
+# of them is the `cpu` default (`profiles.RL_RUNS`). Each row records weight and token log-prob R² (probes:
+# `responses_per_prompt` responses to each held-out prompt, sampled from the common first checkpoint; see
+# `03`) and the held-out sampled accuracy at the first and last checkpoint. With `run_sweep=False` the
+# committed table is read; set it to True to train the missing runs (several minutes each at `cpu`) and
+# rewrite it.
 
 # %%
 sweep_path = repo_root() / P.sweep_file if P.sweep_file else figure_dir().parent / f"02_sweep_{profile}.json"
@@ -214,6 +215,10 @@ markdown_table(sweep_rows)
 
 # %% [markdown]
 # Which factors mattered, read from the table (the spread of each statistic across a factor's settings).
+# What to look for in the combined rows: token log-prob R² grows with the number of steps (the log-prob drift
+# grows while the checkpoint-to-checkpoint jitter does not), weight R² slowly falls with it, and more
+# rollouts per step raise both at a given length; the last line below lists the settings where both of
+# issue 4's findings hold.
 # One factor is not in it: the warm start's short low-lr cool-down (`rlvr_nb.embedded`); without it every
 # trajectory began with the same jump of held-out greedy accuracy within its first checkpoint interval,
 # whatever the RL learning rate, which no learning rate could make linear.
@@ -225,3 +230,6 @@ if sweep_rows:
     for key in ("weight median", "token median", "acc end"):
         for line in cmp.sweep_factors(sweep_rows, key):
             print(line)
+    both = cmp.rows_meeting_findings(sweep_rows)
+    print(f"\nsettings where (a) weight median >= 0.85 with > 70% above 0.7 and (b) token median >= 0.85 both hold: "
+          f"{'; '.join(both) or 'none'}")

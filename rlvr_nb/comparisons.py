@@ -371,3 +371,14 @@ def sweep_factors(rows: Sequence[dict], key: str = "weight median") -> list[str]
         out.append(f"{factor}: {key} {lo[key]:.3f} ({lo['setting']}) to {hi[key]:.3f} ({hi['setting']}), "
                    f"a spread of {hi[key] - lo[key]:.3f}")
     return out
+
+
+def rows_meeting_findings(rows: Sequence[dict], weight_median: float = 0.85, weight_above: float = 0.7,
+                          token_median: float = 0.85) -> list[str]:
+    """Settings of the sweep rows where issue 4's findings both hold: (a) weight R^2 median >= weight_median with
+    more than `weight_above` of the weights above 0.7, and (b) token log-prob R^2 median >= token_median."""
+    def holds(r: dict) -> bool:
+        token = r.get("token median")
+        return (r["weight median"] >= weight_median and r["weight >0.7"] > weight_above
+                and token is not None and token >= token_median)
+    return [r["setting"] for r in rows if holds(r)]

@@ -136,3 +136,13 @@ def test_sweep_specs_rows_and_table(fake_runs, tmp_path):
         cmp.load_sweep(tmp_path / "missing.json")
     lines = cmp.sweep_factors(rows)
     assert len(lines) == 3 and lines[0].startswith("learning rate: weight median")
+
+
+def test_rows_meeting_findings_needs_both_weight_and_token():
+    rows = [{"setting": "a", "weight median": 0.9, "weight >0.7": 0.72, "token median": 0.86},
+            {"setting": "b", "weight median": 0.9, "weight >0.7": 0.70, "token median": 0.9},  # not > 70%
+            {"setting": "c", "weight median": 0.84, "weight >0.7": 0.8, "token median": 0.9},
+            {"setting": "d", "weight median": 0.9, "weight >0.7": 0.8, "token median": 0.849},
+            {"setting": "e", "weight median": 0.9, "weight >0.7": 0.8, "token median": None}]
+    assert cmp.rows_meeting_findings(rows) == ["a"]
+    assert cmp.rows_meeting_findings(rows, token_median=0.8) == ["a", "d"]
