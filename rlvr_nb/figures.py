@@ -175,14 +175,18 @@ def plot_sweep(rows: Sequence[dict], target: float = 0.85) -> plt.Figure:
     panel per factor (each with the baseline), the findings' target as a dotted line."""
     base = [r for r in rows if r["factor"] == "baseline"]
     factors = list(dict.fromkeys(r["factor"] for r in rows if r["factor"] != "baseline"))
-    fig, axes = plt.subplots(1, max(len(factors), 1), figsize=(4.2 * max(len(factors), 1), 3.4), squeeze=False)
+    sizes = [sum(r["factor"] == f for r in rows) + len(base) for f in factors] or [1]
+    fig, axes = plt.subplots(1, len(sizes), figsize=(max(8.0, 0.75 * sum(sizes) + 1.2 * len(sizes)), 3.6), squeeze=False,
+                             gridspec_kw={"width_ratios": [max(n, 2) for n in sizes]})
     key_of = {"learning rate": "lr", "prompts per step": "rollouts", "steps": "steps", "combined": "setting"}
     for ax, factor in zip(axes[0], factors):
         key = key_of.get(factor, "setting")
         pts = [r for r in rows if r["factor"] == factor] + base
         if key != "setting":
             pts = sorted(pts, key=lambda r: (int(r[key].split("x")[0]) if key == "rollouts" else r[key]))
-        labels = [f"{r[key]:g}" if key == "lr" else str(r[key]).replace(", ", "\n") for r in pts]
+            labels = [f"{r[key]:g}" if key == "lr" else str(r[key]) for r in pts]
+        else:  # settings changed together: rollouts, lr and steps of each run, compactly
+            labels = [f"{r['rollouts']}\nlr {r['lr']:g}\n{r['steps']} st." for r in pts]
         xs = np.arange(len(pts))
         ax.plot(xs, [r["weight median"] for r in pts], "o-", label="weight R$^2$ median")
         if any(r.get("token median") is not None for r in pts):
