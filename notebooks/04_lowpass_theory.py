@@ -63,7 +63,7 @@ from rlvr_nb import decomposition as dc
 from rlvr_nb import lowpass as lp
 from rlvr_nb import profiles
 from rlvr_nb import robustness as rb
-from rlvr_nb.embedded import ensure_rl_run, ensure_warm_start, repo_root
+from rlvr_nb.embedded import ensure_rl_run, ensure_warm_start, matched_sft, repo_root
 from rlvr_nb.figures import save_figure
 from rlvr_nb.models import load_model, load_tokenizer
 from rlvr_nb.report import markdown_table
@@ -192,8 +192,7 @@ markdown_table([{"setting": "plain SFT", "a": 1.0, "sigma": 0.0}]
                + [{"setting": "zero signal", "a": 0.0, "sigma": 1.0}])
 
 # %%
-sft_bases = [profiles.sft_config(profile, steps=P.sft_steps, lr=lr, ckpt_every=P.sft_ckpt_every, seed=P.seed)
-             for lr in (P.sft_high_lr, rl.lr)]
+sft_bases = [matched_sft(rl, steps=P.sft_steps, lr=lr, ckpt_every=P.sft_ckpt_every) for lr in (P.sft_high_lr, rl.lr)]
 sft_settings = [s for base in sft_bases for s in rb.snr_settings(base, P.snr_dbs)]
 snr_rows = rb.sweep_rows(sft_settings, emb)
 fig = rb.plot_snr_sweep(snr_rows, paper={"median": 0.582, "baseline_median": 0.43})
