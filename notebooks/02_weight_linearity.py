@@ -135,9 +135,10 @@ rows += [{"run": "paper RL", "checkpoints": 14, "median": cmp.PAPER_R2[("RL", "w
           "weights kept": "", "drift": "", "held-out acc (T=1)": ""}]
 display(markdown_table(rows))
 o = wl["RL"].overall
-holds = o.median >= 0.85 and o.frac_above > 0.70
+holds = cmp.weight_finding_holds(o.median, o.frac_above)
 print(f"finding (a) {'holds' if holds else 'does not hold'} on this run: RL weight R^2 median {o.median:.3f} "
-      f"(needs >= 0.85), {o.frac_above:.1%} of {o.count:,} weights above 0.7 (needs > 70%)")
+      f"(needs >= {cmp.FINDING_A['median']}), {o.frac_above:.1%} of {o.count:,} weights above 0.7 "
+      f"(needs > {cmp.FINDING_A['frac_above']:.0%})")
 
 # %% [markdown]
 # ## RL against SFT, under four stated comparisons
@@ -231,5 +232,4 @@ if sweep_rows:
         for line in cmp.sweep_factors(sweep_rows, key):
             print(line)
     both = cmp.rows_meeting_findings(sweep_rows)
-    print(f"\nsettings where (a) weight median >= 0.85 with > 70% above 0.7 and (b) token median >= 0.85 both hold: "
-          f"{'; '.join(both) or 'none'}")
+    print(f"\nsettings where findings (a) and (b) both hold: {'; '.join(both) or 'none'}")

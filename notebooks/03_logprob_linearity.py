@@ -145,8 +145,9 @@ rows += [{"run": "paper RL", "token median": cmp.PAPER_R2[("RL", "token")], "tok
           "activation median": "", "activation >0.7": "", "held-out acc (T=1)": ""}]
 display(markdown_table(rows))
 t = tl["RL"].overall
-print(f"finding (b) {'holds' if t.median >= 0.85 else 'does not hold'} on this run: RL token log-prob R^2 median "
-      f"{t.median:.3f} over {t.count:,} tokens that moved > {min_change} (needs >= 0.85; paper 0.83-0.85)")
+print(f"finding (b) {'holds' if cmp.token_finding_holds(t.median) else 'does not hold'} on this run: RL token log-prob "
+      f"R^2 median {t.median:.3f} over {t.count:,} tokens that moved > {min_change} "
+      f"(needs >= {cmp.FINDING_B['median']}; paper 0.83-0.85)")
 
 # %% [markdown]
 # ## RL against SFT under the four comparisons of `02`, on token log-probs

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from .checkpoints import read_metrics, to_jsonable
 from .embedded import EmbeddedConfig, ensure_trajectory, matched_sft
 from .grpo import RLConfig
+from .report import load_json_table, save_json_table
 from .linearity import LinearityConfig, R2Summary, TrajectoryLinearity, weight_linearity
 from .logprobs import Probe, logprob_linearity, logprob_trajectories, token_positions
 from .sft import SFTConfig
@@ -335,10 +336,7 @@ def sweep_rows(specs: Sequence[tuple[str, str, RunSpec]], measurer: Measurer) ->
 
 def save_sweep(path: str | Path, rows: Sequence[dict], specs: Sequence[tuple[str, str, RunSpec]], note: str = "") -> Path:
     """Write the sweep as JSON: {"note", "specs" (the configs it was computed from), "rows"}."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"note": note, "specs": sweep_record(specs), "rows": list(rows)}, indent=1) + "\n")
-    return path
+    return save_json_table(path, {"note": note, "specs": sweep_record(specs), "rows": list(rows)})
 
 
 def sweep_record(specs: Sequence[tuple[str, str, RunSpec]]) -> list[dict]:
@@ -349,13 +347,8 @@ def sweep_record(specs: Sequence[tuple[str, str, RunSpec]]) -> list[dict]:
 
 def load_sweep(path: str | Path) -> dict:
     """A sweep written by `save_sweep`: {"note", "specs", "rows"}."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no sweep table at {path}: run 02 with run_sweep=True to compute it")
-    data = json.loads(path.read_text())
-    if not isinstance(data, dict) or not {"specs", "rows"} <= set(data):
-        raise ValueError(f"{path} is not a sweep table written by rlvr_nb.comparisons.save_sweep")
-    return data
+    return load_json_table(path, {"specs", "rows"}, "rlvr_nb.comparisons.save_sweep",
+                           "run 02 with run_sweep=True to compute it")
 
 
 def sweep_factors(rows: Sequence[dict], key: str = "weight median") -> list[str]:
@@ -373,12 +366,23 @@ def sweep_factors(rows: Sequence[dict], key: str = "weight median") -> list[str]
     return out
 
 
-def rows_meeting_findings(rows: Sequence[dict], weight_median: float = 0.85, weight_above: float = 0.7,
-                          token_median: float = 0.85) -> list[str]:
-    """Settings of the sweep rows where issue 4's findings both hold: (a) weight R^2 median >= weight_median with
-    more than `weight_above` of the weights above 0.7, and (b) token log-prob R^2 median >= token_median."""
-    def holds(r: dict) -> bool:
-        token = r.get("token median")
-        return (r["weight median"] >= weight_median and r["weight >0.7"] > weight_above
-                and token is not None and token >= token_median)
-    return [r["setting"] for r in rows if holds(r)]
+# What the embedded default must show (PAPER.md Sec. 4, at tiny scale): (a) RL weight R^2 median >= 0.85
+# with more than 70% of the weights above 0.7; (b) RL token log-prob R^2 median >= 0.85.
+FINDING_A = {"median": 0.85, "frac_above": 0.70}
+FINDING_B = {"median": 0.85}
+
+
+def weight_finding_holds(median: float, frac_above: float) -> bool:
+    """Finding (a) on one run's weight R^2 summary."""
+    return median >= FINDING_A["median"] and frac_above > FINDING_A["frac_above"]
+
+
+def token_finding_holds(median: float | None) -> bool:
+    """Finding (b) on one run's token log-prob R^2 median (None: not measured)."""
+    return median is not None and median >= FINDING_B["median"]
+
+
+def rows_meeting_findings(rows: Sequence[dict]) -> list[str]:
+    """Settings of the sweep rows where findings (a) and (b) both hold."""
+    return [r["setting"] for r in rows if weight_finding_holds(r["weight median"], r["weight >0.7"])
+            and token_finding_holds(r.get("token median"))]

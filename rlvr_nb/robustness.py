@@ -36,6 +36,7 @@ from .checkpoints import read_metrics, to_jsonable
 from .embedded import EmbeddedConfig, ensure_trajectory
 from .grpo import RLConfig
 from .linearity import LinearityConfig, weight_linearity
+from .report import load_json_table, save_json_table
 from .sft import SFTConfig
 from .tasks import AdditionTask
 from .trajectory import find_checkpoints, load_trajectory
@@ -308,23 +309,13 @@ def settings_record(settings: Sequence[Setting]) -> list[dict]:
 
 def save_table(path: str | Path, rows: Sequence[dict], settings: Sequence[Setting], note: str = "") -> Path:
     """Write {"settings", "rows", "note"} as JSON; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = {"note": note, "settings": settings_record(settings), "rows": list(rows)}
-    path.write_text(json.dumps(data, indent=1) + "\n")
-    return path
+    return save_json_table(path, {"note": note, "settings": settings_record(settings), "rows": list(rows)})
 
 
 def load_table(path: str | Path) -> dict:
     """A table written by `save_table`: {"note", "settings", "rows"}."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no cached table at {path}: run the notebook at the cpu profile to compute it")
-    data = json.loads(path.read_text())
-    if not isinstance(data, dict) or not {"settings", "rows"} <= set(data):
-        raise ValueError(f"{path} is not a table written by rlvr_nb.robustness.save_table "
-                         "(needs 'settings' and 'rows')")
-    return data
+    return load_json_table(path, {"settings", "rows"}, "rlvr_nb.robustness.save_table",
+                           "run the notebook at the cpu profile to compute it")
 
 
 def cached_rows(path: str | Path, settings: Sequence[Setting], emb: EmbeddedConfig, recompute: bool = False,

@@ -145,4 +145,5 @@ def test_rows_meeting_findings_needs_both_weight_and_token():
             {"setting": "d", "weight median": 0.9, "weight >0.7": 0.8, "token median": 0.849},
             {"setting": "e", "weight median": 0.9, "weight >0.7": 0.8, "token median": None}]
     assert cmp.rows_meeting_findings(rows) == ["a"]
-    assert cmp.rows_meeting_findings(rows, token_median=0.8) == ["a", "d"]
+    assert cmp.weight_finding_holds(0.85, 0.701) and not cmp.weight_finding_holds(0.849, 0.9)
+    assert cmp.token_finding_holds(0.85) and not cmp.token_finding_holds(0.849) and not cmp.token_finding_holds(None)
