@@ -20,7 +20,7 @@ setup: $(VENV)/.installed
 
 # Main job: every notebook at the cpu profile into papermill_runs/cpu/.
 run: setup
-	$(PY) -m rlvr_nb.run --profile cpu
+	$(PY) -m rlvr_nb.notebook.run --profile cpu
 
 # Whole test suite: unit tests plus every notebook at the smoke profile.
 test: setup

@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rlvr_nb import profiles
+from rlvr_nb.notebook import profiles
 from rlvr_nb.checkpoints import list_checkpoints, read_metrics
 from rlvr_nb.embedded import ensure_warm_start
 from rlvr_nb.grpo import train_rl
-from rlvr_nb.robustness import relative_weight_change
+from rlvr_nb.experiments.robustness import relative_weight_change
 
 
 def main() -> None:

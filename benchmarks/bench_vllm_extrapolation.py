@@ -36,7 +36,7 @@ def build_pair(root: Path, layers: int, hidden: int, vocab: int) -> tuple[Path, 
 
 
 def tokens_per_s(model_dir: Path, prompts: list[list[int]], max_tokens: int, gpu_mem: float) -> float:
-    from rlvr_nb.vllm_backend import VllmEngineConfig, close_engine, import_vllm, open_engine
+    from rlvr_nb.backends.vllm_backend import VllmEngineConfig, close_engine, import_vllm, open_engine
 
     vllm = import_vllm()
     llm = open_engine(model_dir, VllmEngineConfig(dtype="bfloat16", gpu_memory_utilization=gpu_mem))
@@ -65,7 +65,7 @@ def main() -> None:
     if not torch.cuda.is_available() or importlib.util.find_spec("vllm") is None:
         print("bench_vllm_extrapolation: skipped (needs a CUDA GPU and vllm, see environment.yml)")
         return
-    from rlvr_nb.vllm_extrapolation import write_two_stack_checkpoint
+    from rlvr_nb.backends.vllm_extrapolation import write_two_stack_checkpoint
 
     g = torch.Generator().manual_seed(0)
     prompts = torch.randint(2, a.vocab, (a.prompts, a.prompt_len), generator=g).tolist()

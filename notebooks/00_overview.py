@@ -42,16 +42,16 @@
 profile = "cpu"  # smoke | cpu | gpu (this notebook only reads manifests)
 
 # %%
-from rlvr_nb import profiles
-from rlvr_nb.overview import timings
-from rlvr_nb.report import markdown_table
+from rlvr_nb.notebook import profiles
+from rlvr_nb.notebook.overview import timings
+from rlvr_nb.notebook.report import markdown_table
 
 P = profiles.resolve("00_overview", profile)
 
 # %% [markdown]
 # ## The map, and how long each notebook took
 # Wall times are read from `papermill_runs/<profile>/manifest.json`, written by
-# `python -m rlvr_nb.run --profile <profile>` (a dash: that profile has not been run on this checkout).
+# `python -m rlvr_nb.notebook.run --profile <profile>` (a dash: that profile has not been run on this checkout).
 # The `cpu` column comes from the committed reference run on a 2-core machine.
 
 # %%
@@ -60,5 +60,5 @@ markdown_table(timings())
 # %% [markdown]
 # ## How to run
 # `make run` executes every notebook at the `cpu` profile into `papermill_runs/cpu/`; `make test` runs the
-# unit tests and every notebook at `smoke`. One notebook: `python -m rlvr_nb.run --profile cpu --only 02`.
-# A knob: `python -m rlvr_nb.run --profile cpu --only 01 -p lr 3e-4`.
+# unit tests and every notebook at `smoke`. One notebook: `python -m rlvr_nb.notebook.run --profile cpu --only 02`.
+# A knob: `python -m rlvr_nb.notebook.run --profile cpu --only 01 -p lr 3e-4`.

@@ -28,7 +28,7 @@
 # With the same budget and checkpoint spacing we also train the **SFT trajectory** (supervised on correct
 # answers, one sequence per RL prompt, same learning rate) that every later figure puts beside RL.
 #
-# At the `gpu` profile the same config drives verl (`rlvr_nb.verl_launcher`) on `model_path` and
+# At the `gpu` profile the same config drives verl (`rlvr_nb.backends.verl_launcher`) on `model_path` and
 # `data_path`, and its checkpoints are ingested into the same `checkpoints/step_N/` layout; bring your own
 # SFT run for the comparison there (02 takes any run directory).
 
@@ -46,12 +46,12 @@ data_path = None  # gpu profile: JSONL/parquet with question/answer columns
 n_gpus = None  # gpu profile: GPUs for verl
 
 # %%
-from rlvr_nb import profiles
-from rlvr_nb.curves import accuracy_table, plot_training
+from rlvr_nb.notebook import profiles
+from rlvr_nb.experiments.training import accuracy_table, plot_training
 from rlvr_nb.embedded import ensure_rl_run, ensure_sft_run, ensure_warm_start
 from rlvr_nb.figures import save_figure
 from rlvr_nb.models import load_model, n_params
-from rlvr_nb.report import markdown_table
+from rlvr_nb.notebook.report import markdown_table
 from rlvr_nb.tasks import AdditionTask
 
 P = profiles.resolve("01_training", profile, seed=seed, model_path=model_path, data_path=data_path, n_gpus=n_gpus)
@@ -88,7 +88,7 @@ print(f"warm start: {init_dir}  ({n_params(load_model(init_dir)):,} parameters)"
 # %%
 if profile == "gpu":  # a real model trained by verl (see README, "GPU server"); checkpoints in the same layout
     from rlvr_nb.embedded import config_hash, runs_root
-    from rlvr_nb.verl_launcher import from_rl_config, run_verl
+    from rlvr_nb.backends.verl_launcher import from_rl_config, run_verl
 
     out = runs_root() / f"verl-{config_hash(rl, P.model_path, P.data_path)}"
     rl_run = run_verl(from_rl_config(rl, P.model_path, out, P.data_path or None, P.n_gpus)).files.root

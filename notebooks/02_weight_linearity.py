@@ -51,14 +51,14 @@ from pathlib import Path
 
 from IPython.display import display
 
-from rlvr_nb import comparisons as cmp
-from rlvr_nb import profiles
+from rlvr_nb.experiments import comparisons as cmp
+from rlvr_nb.notebook import profiles
 from rlvr_nb.embedded import ensure_rl_run, ensure_sft_run, repo_root
 from rlvr_nb.figures import (figure_dir, plot_comparison_medians, plot_examples_by_run, plot_module_layer_heatmap,
                              plot_r2_histograms, plot_sweep, save_figure)
 from rlvr_nb.linearity import LinearityConfig, weight_linearity
 from rlvr_nb.logprobs import ProbeConfig, ensure_probes
-from rlvr_nb.report import markdown_table
+from rlvr_nb.notebook.report import markdown_table
 from rlvr_nb.tasks import AdditionTask
 from rlvr_nb.trajectory import load_trajectory
 
@@ -144,7 +144,7 @@ print(f"finding (a) {'holds' if holds else 'does not hold'} on this run: RL weig
 # ## RL against SFT, under four stated comparisons
 # The paper does not say what its RL and SFT runs share. On a tiny model the contrast depends on it (at the
 # same learning rate SFT was as linear as RL in the notes this package started from), so we measure it
-# four ways, each pair from the same warm start (`rlvr_nb.comparisons.comparisons`):
+# four ways, each pair from the same warm start (`rlvr_nb.experiments.comparisons.comparisons`):
 #
 # - **same lr and steps**: SFT on correct answers at RL's learning rate, steps and checkpoint spacing, one
 #   sequence per RL prompt (the SFT run of `01_training`);

@@ -48,13 +48,13 @@ from pathlib import Path
 
 from IPython.display import display
 
-from rlvr_nb import comparisons as cmp
-from rlvr_nb import profiles
+from rlvr_nb.experiments import comparisons as cmp
+from rlvr_nb.notebook import profiles
 from rlvr_nb.activations import ActivationConfig, activation_linearity
 from rlvr_nb.embedded import ensure_rl_run, ensure_sft_run
 from rlvr_nb.figures import plot_comparison_medians, plot_examples_by_run, plot_r2_histograms, save_figure
 from rlvr_nb.logprobs import ProbeConfig, ensure_probes
-from rlvr_nb.report import markdown_table
+from rlvr_nb.notebook.report import markdown_table
 from rlvr_nb.tasks import AdditionTask
 from rlvr_nb.trajectory import load_trajectory
 

@@ -61,12 +61,12 @@ from IPython.display import display
 
 from rlvr_nb import decomposition as dc
 from rlvr_nb import lowpass as lp
-from rlvr_nb import profiles
-from rlvr_nb import robustness as rb
+from rlvr_nb.notebook import profiles
+from rlvr_nb.experiments import robustness as rb
 from rlvr_nb.embedded import ensure_rl_run, ensure_warm_start, matched_sft, repo_root
 from rlvr_nb.figures import save_figure
 from rlvr_nb.models import load_model, load_tokenizer
-from rlvr_nb.report import markdown_table
+from rlvr_nb.notebook.report import markdown_table
 from rlvr_nb.sft import sequence_batch
 from rlvr_nb.tasks import AdditionTask
 from rlvr_nb.trajectory import find_checkpoints

@@ -61,17 +61,17 @@ import matplotlib.pyplot as plt
 import transformers
 from IPython.display import display
 
-from rlvr_nb import profiles
+from rlvr_nb.notebook import profiles
 from rlvr_nb.checkpoints import list_checkpoints
 from rlvr_nb.embedded import ensure_rl_run
 from rlvr_nb.evaluate import EvalConfig
 from rlvr_nb.extrapolate import alpha_explorer, alpha_for, cache_response_logits
-from rlvr_nb.extrapolation_results import (
+from rlvr_nb.experiments.extrapolation_results import (
     accuracy_grid, compare, displacement_cosine, distance_from, late_stage_decline, logits_extrapolation_rows,
     plot_distance, plot_extrapolation_curves, rl_accuracy, summarize_extrapolation, weight_extrapolation_curves,
 )
 from rlvr_nb.figures import save_figure
-from rlvr_nb.report import markdown_table
+from rlvr_nb.notebook.report import markdown_table
 from rlvr_nb.tasks import AdditionTask
 
 transformers.logging.disable_progress_bar()  # no "Loading weights" bar for each of the many models loaded
@@ -83,7 +83,7 @@ rl_cfg, emb = profiles.rl_config(profile, **P.rl_recipe), profiles.embedded_conf
 run = Path(P.run_dir) if getattr(P, "run_dir", None) else ensure_rl_run(rl_cfg, emb)
 ckpts = dict(list_checkpoints(run))  # step -> HF checkpoint directory
 if getattr(P, "eval_data", None):
-    from rlvr_nb.verl_launcher import load_problems
+    from rlvr_nb.backends.verl_launcher import load_problems
 
     problems, grader = load_problems(P.eval_data)[: P.n_problems], "math"
 else:
@@ -93,8 +93,8 @@ cfgs = {T: EvalConfig(k=P.k, temperature=T, top_p=top_p, max_new_tokens=rl_cfg.m
 T_fig = P.sampling[0][0]
 make_policy = make_logits_policy = None  # CPU: ModelPolicy and LogitsExtrapolationPolicy
 if profile == "gpu":  # vLLM samples; logits extrapolation is one two-stack model in one engine
-    from rlvr_nb.vllm_backend import VllmPolicy
-    from rlvr_nb.vllm_extrapolation import write_two_stack_checkpoint
+    from rlvr_nb.backends.vllm_backend import VllmPolicy
+    from rlvr_nb.backends.vllm_extrapolation import write_two_stack_checkpoint
 
     make_policy = VllmPolicy
 

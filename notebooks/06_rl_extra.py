@@ -64,7 +64,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from rlvr_nb import profiles
+from rlvr_nb.notebook import profiles
 from rlvr_nb.embedded import ensure_rl_run, runs_root
 from rlvr_nb.evaluate import EvalConfig
 from rlvr_nb.figures import save_figure
@@ -72,7 +72,7 @@ from rlvr_nb.regrounding import (RegroundConfig, accuracy_curve, best_speedup, b
                                  ensure_regrounding_run, ensure_verl_standard_run, extrapolation_jump, models_at_real_steps,
                                  plot_regrounding, r2_for_drift_to_noise, read_ledger, regrounding_alpha,
                                  speedup_rows, speedup_summary, standard_models)
-from rlvr_nb.report import markdown_table
+from rlvr_nb.notebook.report import markdown_table
 from rlvr_nb.tasks import AdditionTask
 
 P = profiles.resolve("06_rl_extra", profile, seeds=seeds, std_steps=std_steps, budget=budget, settings=settings,
@@ -178,8 +178,8 @@ markdown_table([{"setting": name, "m": c.m, "n": c.n if c.horizon == "fixed" els
 
 # %%
 if gpu:
-    from rlvr_nb.verl_launcher import load_problems
-    from rlvr_nb.vllm_backend import VllmPolicy
+    from rlvr_nb.backends.verl_launcher import load_problems
+    from rlvr_nb.backends.vllm_backend import VllmPolicy
 
     problems, grader, policy = load_problems(P.eval_data), "math", VllmPolicy
 else:

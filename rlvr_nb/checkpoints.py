@@ -156,7 +156,7 @@ def save_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    from .models import quiet_transformers
+    from rlvr_nb.models import quiet_transformers
 
     with quiet_transformers():  # no "Writing model shards" bar per checkpoint
         model.save_pretrained(tmp, safe_serialization=True)

@@ -2,7 +2,7 @@
 
 Every run lives in `runs/<kind>-<hash of its config>/`, so a notebook that asks for a trajectory either
 finds it (same config, already trained), resumes it (interrupted), or trains it. Nothing is downloaded.
-Hyperparameters of the embedded default live in one place: the dataclasses below and `rlvr_nb.profiles`.
+Hyperparameters of the embedded default live in one place: the dataclasses below and `rlvr_nb.notebook.profiles`.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .checkpoints import is_complete, list_checkpoints, to_jsonable
-from .grpo import RLConfig, train_rl
-from .models import ModelConfig
-from .sft import SFTConfig, train_sft
-from .tasks import TaskConfig
+from rlvr_nb.checkpoints import is_complete, list_checkpoints, to_jsonable
+from rlvr_nb.grpo import RLConfig, train_rl
+from rlvr_nb.models import ModelConfig
+from rlvr_nb.sft import SFTConfig, train_sft
+from rlvr_nb.tasks import TaskConfig
 
 
 @dataclass(frozen=True)

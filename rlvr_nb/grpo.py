@@ -18,11 +18,11 @@ from tqdm.auto import tqdm
 
 from safetensors.torch import load_file
 
-from .checkpoints import (append_metrics, load_optimizer_tensors, load_weights_into, mark_complete, open_run,
+from rlvr_nb.checkpoints import (append_metrics, load_optimizer_tensors, load_weights_into, mark_complete, open_run,
                           restore_training_state, save_checkpoint, to_jsonable)
-from .models import load_model, load_tokenizer
-from .sampling import decode_responses, encode_prompts, generate
-from .tasks import AdditionTask, Problem, TaskConfig
+from rlvr_nb.models import load_model, load_tokenizer
+from rlvr_nb.sampling import decode_responses, encode_prompts, generate
+from rlvr_nb.tasks import AdditionTask, Problem, TaskConfig
 
 ADV_ESTIMATORS = ("grpo", "dr_grpo", "reinforce_pp", "gspo")
 LOSS_AGGS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")

@@ -373,7 +373,7 @@ def watch(run_dir: str | Path, interval_s: float = 60.0, *, out_dir: str | Path 
     """Follow a run directory: every interval_s, read the checkpoints that appeared, print a table row for
     each, and refresh the JSON lines and PNG in out_dir (default: the run directory). initial_model is
     taken as step 0 when the run has none (TRL and verl do not save one; for a run of
-    `rlvr_nb.verl_launcher` it defaults to the model_path in its launch.json). once: one pass, then return.
+    `rlvr_nb.backends.verl_launcher` it defaults to the model_path in its launch.json). once: one pass, then return.
     A checkpoint still being written (unreadable) is retried at the next pass. Ctrl-C stops watching."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

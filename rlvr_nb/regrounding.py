@@ -58,12 +58,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 from tqdm.auto import tqdm
 
-from .checkpoints import config_differences, is_complete, list_checkpoints, mark_complete, to_jsonable
-from .extrapolate import extrapolate_weights
-from .grpo import RLConfig, train_rl
-from .linearity import LinearityConfig, weight_linearity
-from .tasks import TaskConfig
-from .trajectory import load_trajectory
+from rlvr_nb.checkpoints import config_differences, is_complete, list_checkpoints, mark_complete, to_jsonable
+from rlvr_nb.extrapolate import extrapolate_weights
+from rlvr_nb.grpo import RLConfig, train_rl
+from rlvr_nb.linearity import LinearityConfig, weight_linearity
+from rlvr_nb.tasks import TaskConfig
+from rlvr_nb.trajectory import load_trajectory
 
 OPTIMIZER_CHOICES = ("keep", "reset")
 HORIZONS = ("fixed", "r2")
@@ -141,7 +141,7 @@ def r2_for_drift_to_noise(drift_to_noise: float, n_checkpoints: int) -> float:
     accumulated, read at n_checkpoints evenly spaced checkpoints (`rlvr_nb.lowpass.median_r2`). Extrapolating
     a block by n steps adds n mu of drift and (n / m) sigma sqrt(m) of amplified noise: more signal than
     noise exactly when the block's drift-to-noise ratio mu sqrt(m) / sigma exceeds 1, whatever n."""
-    from .lowpass import median_r2
+    from rlvr_nb.lowpass import median_r2
 
     return float(median_r2(drift_to_noise / math.sqrt(n_checkpoints - 1), n_checkpoints, 1))
 
@@ -272,10 +272,10 @@ def train_block_embedded(rl_block: RLConfig, init_dir: Path, block_dir: Path, ta
 
 def train_block_verl(rl_block: RLConfig, init_dir: Path, block_dir: Path, task_cfg: TaskConfig,
                      progress: bool, train_data: str | None = None, n_gpus: int = 1) -> bool:
-    """One block as a fresh verl run (`rlvr_nb.verl_launcher.run_verl`) from init_dir; an interrupted block
+    """One block as a fresh verl run (`rlvr_nb.backends.verl_launcher.run_verl`) from init_dir; an interrupted block
     is started again (verl runs here are never resumed). Its checkpoints are ingested into
     <block_dir>/checkpoints/step_N/ (step_0 = init_dir)."""
-    from .verl_launcher import from_rl_config, run_verl
+    from rlvr_nb.backends.verl_launcher import from_rl_config, run_verl
 
     if is_complete(block_dir):
         return True
@@ -391,7 +391,7 @@ def ensure_regrounding_run(cfg: RegroundConfig, rl: RLConfig, emb=None, progress
                            init_dir: str | Path | None = None) -> Path:
     """A re-grounding run from the embedded warm start (or init_dir), cached under runs_root() by config
     hash: trained, resumed or found complete."""
-    from .embedded import EmbeddedConfig, config_hash, ensure_warm_start, run_lock, runs_root
+    from rlvr_nb.embedded import EmbeddedConfig, config_hash, ensure_warm_start, run_lock, runs_root
 
     emb = EmbeddedConfig() if emb is None else emb
     init = Path(init_dir) if init_dir is not None else ensure_warm_start(emb, progress)
@@ -408,8 +408,8 @@ def ensure_verl_standard_run(rl: RLConfig, model_path: str | Path, train_data: s
                              progress: bool = True) -> Path:
     """Standard RL with verl (GPU) from model_path, cached under runs_root() by config hash; an interrupted
     run is started again (verl runs here are never resumed). Checkpoints: <run>/checkpoints/step_N/."""
-    from .embedded import config_hash, run_lock, runs_root
-    from .verl_launcher import from_rl_config, run_verl
+    from rlvr_nb.embedded import config_hash, run_lock, runs_root
+    from rlvr_nb.backends.verl_launcher import from_rl_config, run_verl
 
     run = runs_root() / f"verl-rl-{config_hash(rl, {'model': str(model_path), 'data': train_data, 'n_gpus': n_gpus})}"
     with run_lock(run):
@@ -472,8 +472,8 @@ class Curve:
 def accuracy_curve(models: Sequence[tuple[int, int, Path]], problems, eval_cfg, cache_dir: str | Path | None = None,
                    label: str = "", progress: bool = True, grader: str = "exact", policy=None) -> Curve:
     """Evaluate each (real, virtual, dir) model with `rlvr_nb.evaluate.evaluate` (cached) into a Curve.
-    policy: dir -> a policy for `evaluate` (e.g. `rlvr_nb.vllm_backend.VllmPolicy`); None samples on the CPU."""
-    from .evaluate import evaluate
+    policy: dir -> a policy for `evaluate` (e.g. `rlvr_nb.backends.vllm_backend.VllmPolicy`); None samples on the CPU."""
+    from rlvr_nb.evaluate import evaluate
 
     acc = []
     for _, _, d in tqdm(models, desc=f"evaluating {label}", disable=not progress, leave=False):

@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoints import append_metrics, mark_complete, load_weights_into, open_run, restore_training_state, save_checkpoint, to_jsonable
-from .grpo import checkpoint_eval, make_optimizer
-from .models import ModelConfig, build_model, build_tokenizer, load_model, load_tokenizer
-from .tasks import AdditionTask, Problem, TaskConfig
+from rlvr_nb.checkpoints import append_metrics, mark_complete, load_weights_into, open_run, restore_training_state, save_checkpoint, to_jsonable
+from rlvr_nb.grpo import checkpoint_eval, make_optimizer
+from rlvr_nb.models import ModelConfig, build_model, build_tokenizer, load_model, load_tokenizer
+from rlvr_nb.tasks import AdditionTask, Problem, TaskConfig
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ def train_sft(cfg: SFTConfig, run_dir: str | Path, init_dir: str | Path | None =
         model.train()
         nll = token_nll(model, ids, L)  # [B, N]
         if cfg.noise_snr_db is not None or cfg.zero_signal:
-            from .lowpass import token_noise_weights  # PAPER.md Sec. 5: injected token-level noise
+            from rlvr_nb.lowpass import token_noise_weights  # PAPER.md Sec. 5: injected token-level noise
 
             nll = nll * token_noise_weights(nll.shape, cfg.noise_snr_db, cfg.zero_signal, noise["noise"])
         loss = (nll * target_mask).sum() / target_mask.sum()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from trajectory_fixtures import make_run
 
-from rlvr_nb import comparisons as cmp
+from rlvr_nb.experiments import comparisons as cmp
 from rlvr_nb.embedded import EmbeddedConfig, matched_sft
 from rlvr_nb.grpo import RLConfig
 from rlvr_nb.linearity import LinearityConfig, weight_linearity

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from rlvr_nb.evaluate import EvalConfig, EvalResult, mean_ci
-from rlvr_nb.extrapolation_results import (
+from rlvr_nb.experiments.extrapolation_results import (
     accuracy_grid, compare, displacement_cosine, distance_from, late_stage_decline, logits_extrapolation_rows,
     plot_distance, plot_extrapolation_curves, rl_accuracy, summarize_extrapolation, weight_extrapolation_curves,
 )

@@ -6,8 +6,8 @@ from pathlib import Path
 import jupytext
 import pytest
 
-from rlvr_nb import profiles
-from rlvr_nb.run import notebook_path, parameters_cell, run
+from rlvr_nb.notebook import profiles
+from rlvr_nb.notebook.run import notebook_path, parameters_cell, run
 
 NB_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 SOURCES = sorted(NB_DIR.glob("[0-9]*.py"))

@@ -224,7 +224,7 @@ def test_speedup_summary_pivots_seeds():
 def test_verl_blocks_are_successive_fresh_verl_runs(tmp_path, init_dir, monkeypatch):
     """trainer='verl': each block is one `run_verl` call from the current model (a fake verl here, which writes
     the ingested layout: step_0 = the start model, step_m = it perturbed)."""
-    import rlvr_nb.verl_launcher as vl
+    import rlvr_nb.backends.verl_launcher as vl
 
     calls = []
 

@@ -11,7 +11,7 @@ import torch
 from matplotlib.figure import Figure
 from trajectory_fixtures import fabricated_weights, small_model_and_tokenizer, write_hf_dir
 
-from rlvr_nb import robustness as rb
+from rlvr_nb.experiments import robustness as rb
 from rlvr_nb.embedded import EmbeddedConfig, ensure_trajectory
 from rlvr_nb.grpo import RLConfig
 from rlvr_nb.sft import SFTConfig

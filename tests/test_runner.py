@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from rlvr_nb.profiles import resolve, rl_config
-from rlvr_nb.run import main, parse_value
+from rlvr_nb.notebook.profiles import resolve, rl_config
+from rlvr_nb.notebook.run import main, parse_value
 
 
 def test_unknown_profile_lists_the_valid_ones(capsys):

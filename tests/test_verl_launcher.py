@@ -19,7 +19,7 @@ import torch
 
 from rlvr_nb.checkpoints import list_checkpoints
 from rlvr_nb.models import ModelConfig, build_model, build_tokenizer, load_model
-from rlvr_nb.verl_launcher import (
+from rlvr_nb.backends.verl_launcher import (
     ADV_ESTIMATORS, ESTIMATORS, VERL_VERSION, RunFiles, VerlRun, VerlRunConfig, build_overrides, hydra_value,
     ingest_verl_checkpoints, installed_verl_version, launch, list_verl_checkpoints, main, prepare_run, resolve,
     validate, validate_overrides)

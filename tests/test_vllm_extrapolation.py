@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from rlvr_nb.models import ModelConfig, build_model, build_tokenizer
 from rlvr_nb.sampling import encode_prompts, generate
-from rlvr_nb.vllm_extrapolation import (
+from rlvr_nb.backends.vllm_extrapolation import (
     ARCHITECTURE, TwoStackExtrapolationForCausalLM, alpha_from_steps, layer_index, mix_logits,
     split_stack_weight_name, stack_weight_name, write_two_stack_checkpoint)
 
@@ -215,7 +215,7 @@ def test_module_imports_without_vllm(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm -> ImportError
     import importlib
 
-    import rlvr_nb.vllm_extrapolation as ve
+    import rlvr_nb.backends.vllm_extrapolation as ve
 
     importlib.reload(ve)
     with pytest.raises(ImportError):
@@ -268,7 +268,7 @@ def fake_vllm(monkeypatch):
 
 
 def test_vllm_generate_plumbing(tmp_path, fake_vllm):
-    from rlvr_nb.vllm_backend import VllmEngineConfig, vllm_generate
+    from rlvr_nb.backends.vllm_backend import VllmEngineConfig, vllm_generate
 
     tiny_pair(tmp_path)
     out = vllm_generate(tmp_path / "base", ["123+989=", "001+002="], n=3, max_tokens=6, seed=5,
@@ -285,7 +285,7 @@ def test_vllm_generate_plumbing(tmp_path, fake_vllm):
 def test_vllm_policy_through_evaluate_with_cache(tmp_path, fake_vllm):
     from rlvr_nb.evaluate import EvalConfig, evaluate
     from rlvr_nb.tasks import AdditionTask, TaskConfig
-    from rlvr_nb.vllm_backend import VllmPolicy
+    from rlvr_nb.backends.vllm_backend import VllmPolicy
 
     tiny_pair(tmp_path)
     problems = AdditionTask(TaskConfig(n_eval=16)).eval_problems
@@ -297,11 +297,11 @@ def test_vllm_policy_through_evaluate_with_cache(tmp_path, fake_vllm):
     assert r2.from_cache and calls == 1
     assert fake_vllm.instances[0].shut
     assert VllmPolicy(tmp_path / "base").fingerprint() != VllmPolicy(
-        tmp_path / "base", engine=__import__("rlvr_nb.vllm_backend").vllm_backend.VllmEngineConfig(dtype="bfloat16")).fingerprint()
+        tmp_path / "base", engine=__import__("rlvr_nb.backends.vllm_backend").backends.vllm_backend.VllmEngineConfig(dtype="bfloat16")).fingerprint()
 
 
 def test_completions_to_tensors_matches_generate_contract():
-    from rlvr_nb.vllm_backend import completions_to_tensors, token_prompts
+    from rlvr_nb.backends.vllm_backend import completions_to_tensors, token_prompts
 
     tokens, mask = completions_to_tensors([[5, 6, 1, 7], [5], [4, 4, 4, 4, 4, 4]], 4, eos_id=1, pad_id=0)
     assert tokens.tolist() == [[5, 6, 1, 0], [5, 0, 0, 0], [4, 4, 4, 4]]
@@ -311,7 +311,7 @@ def test_completions_to_tensors_matches_generate_contract():
 
 
 def test_backend_without_vllm_says_how_to_get_it(tmp_path, monkeypatch):
-    from rlvr_nb.vllm_backend import vllm_generate
+    from rlvr_nb.backends.vllm_backend import vllm_generate
 
     tiny_pair(tmp_path)
     monkeypatch.setitem(sys.modules, "vllm", None)
@@ -335,7 +335,7 @@ def _gpu_vllm() -> bool:
 def test_vllm_engine_matches_the_cpu_sampler(tmp_path, two_stack):
     """Greedy tokens equal the CPU sampler's, and vLLM's log-probs of them equal log_softmax of the CPU
     (mixed) logits: the same distribution, sampled by vLLM's own sampler."""
-    from rlvr_nb.vllm_backend import VllmEngineConfig, close_engine, import_vllm, open_engine
+    from rlvr_nb.backends.vllm_backend import VllmEngineConfig, close_engine, import_vllm, open_engine
 
     alpha = 1.5
     tok, base, second = tiny_pair(tmp_path)

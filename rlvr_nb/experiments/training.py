@@ -9,7 +9,7 @@ from typing import Mapping
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .checkpoints import read_metrics
+from rlvr_nb.checkpoints import read_metrics
 
 
 def series(run_dir: str | Path, key: str, window: int = 1) -> tuple[np.ndarray, np.ndarray]:

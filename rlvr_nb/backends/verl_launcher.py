@@ -17,7 +17,7 @@ extrapolated model):
     <out>/verl_checkpoints/global_step_N/actor/huggingface/   verl's checkpoints (HF weights: hf_model)
     <out>/checkpoints/step_N/               the same, ingested into our layout (step_0 = model_path)
 
-    python -m rlvr_nb.verl_launcher --model_path M --output_dir D --adv_estimator grpo --dry-run
+    python -m rlvr_nb.backends.verl_launcher --model_path M --output_dir D --adv_estimator grpo --dry-run
 """
 
 from __future__ import annotations
@@ -259,7 +259,7 @@ def write_parquet(rows: list[dict], path: Path) -> Path:
     return path
 
 
-REWARD_FILE = '''"""verl reward function written by rlvr_nb.verl_launcher: grader {grader!r} (rlvr_nb.evaluate)."""
+REWARD_FILE = '''"""verl reward function written by rlvr_nb.backends.verl_launcher: grader {grader!r} (rlvr_nb.evaluate)."""
 
 GRADER = {grader!r}
 
@@ -555,7 +555,7 @@ def prepare_run(cfg: VerlRunConfig, validate_against_verl: bool | None = None) -
         validate_overrides(overrides)
     command = verl_command(overrides)
     env_line = f"VERL_FILE_LOGGER_PATH={shlex.quote(str(files.metrics))}"
-    files.command.write_text("#!/bin/sh\n# written by rlvr_nb.verl_launcher\ncd " + shlex.quote(str(files.root))
+    files.command.write_text("#!/bin/sh\n# written by rlvr_nb.backends.verl_launcher\ncd " + shlex.quote(str(files.root))
                              + f" && {env_line} " + shlex.join(command) + "\n")
     files.launch.write_text(json.dumps({"config": asdict(cfg), "resolved": asdict(r), "command": command,
                                         "n_train": len(train), "n_val": len(val),
@@ -668,7 +668,7 @@ def ingest_verl_checkpoints(verl_dir: str | Path, run_dir: str | Path, initial_m
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m rlvr_nb.verl_launcher", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m rlvr_nb.backends.verl_launcher", description=__doc__.split("\n\n")[0])
     for f in dataclasses.fields(VerlRunConfig):
         default = f.default
         if f.name == "extra_overrides":

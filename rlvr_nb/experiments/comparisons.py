@@ -31,14 +31,14 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from .checkpoints import read_metrics, to_jsonable
-from .embedded import EmbeddedConfig, ensure_trajectory, matched_sft
-from .grpo import RLConfig
-from .report import load_json_table, save_json_table
-from .linearity import LinearityConfig, R2Summary, TrajectoryLinearity, weight_linearity
-from .logprobs import Probe, logprob_linearity, logprob_trajectories, token_positions
-from .sft import SFTConfig
-from .trajectory import Trajectory, find_checkpoints, load_trajectory
+from rlvr_nb.checkpoints import read_metrics, to_jsonable
+from rlvr_nb.embedded import EmbeddedConfig, ensure_trajectory, matched_sft
+from rlvr_nb.grpo import RLConfig
+from rlvr_nb.notebook.report import load_json_table, save_json_table
+from rlvr_nb.linearity import LinearityConfig, R2Summary, TrajectoryLinearity, weight_linearity
+from rlvr_nb.logprobs import Probe, logprob_linearity, logprob_trajectories, token_positions
+from rlvr_nb.sft import SFTConfig
+from rlvr_nb.trajectory import Trajectory, find_checkpoints, load_trajectory
 
 PAPER_R2 = {("RL", "weight"): 0.85, ("RL", "token"): 0.83, ("SFT", "weight"): 0.43, ("SFT", "token"): 0.34}
 """The paper's medians (Sec. 4, Figure 1 and the SFT contrast)."""
@@ -347,7 +347,7 @@ def sweep_record(specs: Sequence[tuple[str, str, RunSpec]]) -> list[dict]:
 
 def load_sweep(path: str | Path) -> dict:
     """A sweep written by `save_sweep`: {"note", "specs", "rows"}."""
-    return load_json_table(path, {"specs", "rows"}, "rlvr_nb.comparisons.save_sweep",
+    return load_json_table(path, {"specs", "rows"}, "rlvr_nb.experiments.comparisons.save_sweep",
                            "run 02 with run_sweep=True to compute it")
 
 

@@ -32,14 +32,14 @@ from matplotlib.figure import Figure
 from safetensors.numpy import load_file
 from tqdm.auto import tqdm
 
-from .checkpoints import read_metrics, to_jsonable
-from .embedded import EmbeddedConfig, ensure_trajectory
-from .grpo import RLConfig
-from .linearity import LinearityConfig, weight_linearity
-from .report import load_json_table, save_json_table
-from .sft import SFTConfig
-from .tasks import AdditionTask
-from .trajectory import find_checkpoints, load_trajectory
+from rlvr_nb.checkpoints import read_metrics, to_jsonable
+from rlvr_nb.embedded import EmbeddedConfig, ensure_trajectory
+from rlvr_nb.grpo import RLConfig
+from rlvr_nb.linearity import LinearityConfig, weight_linearity
+from rlvr_nb.notebook.report import load_json_table, save_json_table
+from rlvr_nb.sft import SFTConfig
+from rlvr_nb.tasks import AdditionTask
+from rlvr_nb.trajectory import find_checkpoints, load_trajectory
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,7 @@ def gradient_moments(model, tokenizer, task: AdditionTask, batch_size: int, n_ba
     (the zero-signal loss). Returns {"mean": mean_b G_b [P], "var": sample variance of G_b [P],
     "noise_var": mean_b N_b^2 [P] (N_b has mean zero), "n": n_batches}, float64.
     """
-    from .sft import sequence_batch, token_nll
+    from rlvr_nb.sft import sequence_batch, token_nll
 
     if n_batches < 2 or batch_size < 1:
         raise ValueError(f"need n_batches >= 2 and batch_size >= 1, got {n_batches} and {batch_size}")
@@ -201,7 +201,7 @@ def injected_snr(moments: dict, snr_db: float | None, zero_signal: bool = False)
     with |E G_p|^2 estimated without bias from n batches as mean_p^2 - var_p / n (clipped at 0). NaN for a
     parameter whose gradient was zero in every batch (e.g. the embedding of a token that never occurs).
     """
-    from .lowpass import noise_amplitudes
+    from rlvr_nb.lowpass import noise_amplitudes
 
     a, sigma = noise_amplitudes(snr_db, zero_signal)
     signal2 = np.clip(moments["mean"] ** 2 - moments["var"] / moments["n"], 0.0, None)  # [P]
@@ -314,7 +314,7 @@ def save_table(path: str | Path, rows: Sequence[dict], settings: Sequence[Settin
 
 def load_table(path: str | Path) -> dict:
     """A table written by `save_table`: {"note", "settings", "rows"}."""
-    return load_json_table(path, {"settings", "rows"}, "rlvr_nb.robustness.save_table",
+    return load_json_table(path, {"settings", "rows"}, "rlvr_nb.experiments.robustness.save_table",
                            "run the notebook at the cpu profile to compute it")
 
 

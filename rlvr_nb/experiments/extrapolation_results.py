@@ -210,7 +210,7 @@ class LogitsRow:
     vs_target: Comparison | None
 
     def as_dict(self, last_step: int) -> dict:
-        """A row for `rlvr_nb.report.markdown_table`."""
+        """A row for `rlvr_nb.notebook.report.markdown_table`."""
         fmt = lambda r: f"{r.avg_at_k:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]"  # noqa: E731
         rel = lambda a, b: f"{100 * (a.avg_at_k / b.avg_at_k - 1):+.1f}%" if b.avg_at_k > 0 else "n/a"  # noqa: E731
         beyond = f"beyond the run (last step {last_step})" if self.t_target > last_step else "not a checkpoint"

@@ -6,7 +6,7 @@ like the embedded task's character tokenizer, works), stopped at the tokenizer's
 `rlvr_nb.sampling.decode_responses`. `VllmPolicy` plugs into `rlvr_nb.evaluate.evaluate` (same API,
 same grading, same cache; its fingerprint says "vllm", so CPU and vLLM samples are cached apart).
 
-A checkpoint directory written by `rlvr_nb.vllm_extrapolation.write_two_stack_checkpoint` is the logits
+A checkpoint directory written by `rlvr_nb.backends.vllm_extrapolation.write_two_stack_checkpoint` is the logits
 extrapolation of two checkpoints; `open_engine` registers its model class before building the engine.
 
 vLLM is imported only when an engine is built: a CPU install never needs it.
@@ -77,7 +77,7 @@ def open_engine(model_dir: str | Path, engine: VllmEngineConfig = VllmEngineConf
     if not (model_dir / "config.json").exists():
         raise FileNotFoundError(f"{model_dir} is not a HuggingFace model directory (no config.json)")
     vllm = import_vllm()
-    from rlvr_nb.vllm_extrapolation import ARCHITECTURE, register
+    from rlvr_nb.backends.vllm_extrapolation import ARCHITECTURE, register
 
     if ARCHITECTURE in json.loads((model_dir / "config.json").read_text()).get("architectures", []):
         register()

@@ -178,7 +178,7 @@ class TwoStackExtrapolationForCausalLM(torch.nn.Module):
         inner_arch = getattr(hf, "extrapolation_inner_architecture", None)
         if inner_arch is None:
             raise ValueError("config has no extrapolation_inner_architecture; write the model directory "
-                             "with rlvr_nb.vllm_extrapolation.write_two_stack_checkpoint")
+                             "with rlvr_nb.backends.vllm_extrapolation.write_two_stack_checkpoint")
         inner_cls, _ = ModelRegistry.resolve_model_cls([inner_arch], vllm_config.model_config)
         stacks = []
         for name in STACKS:

@@ -1,6 +1,6 @@
-"""Execute the notebooks headlessly with papermill: `python -m rlvr_nb.run --profile cpu`.
+"""Execute the notebooks headlessly with papermill: `python -m rlvr_nb.notebook.run --profile cpu`.
 
-    python -m rlvr_nb.run --profile {smoke,cpu,gpu} [--only NAME ...] [-p KEY VALUE ...]
+    python -m rlvr_nb.notebook.run --profile {smoke,cpu,gpu} [--only NAME ...] [-p KEY VALUE ...]
 
 Each notebook's `.py` (the source of truth) is read with jupytext and executed in order into
 `papermill_runs/<profile>/<name>.ipynb`; figures land in `papermill_runs/<profile>/figures/` and a
@@ -22,8 +22,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from .embedded import repo_root
-from .profiles import NOTEBOOKS, PROFILES
+from rlvr_nb.embedded import repo_root
+from rlvr_nb.notebook.profiles import NOTEBOOKS, PROFILES
 
 PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "matplotlib", "papermill", "jupytext",
             "nbclient", "ipykernel", "math-verify", "rlvr-nb")
@@ -141,7 +141,7 @@ def run(profile: str, only: list[str] | None = None, params: list[tuple[str, str
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m rlvr_nb.run", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m rlvr_nb.notebook.run", description=__doc__.splitlines()[0])
     ap.add_argument("--profile", required=True, help=f"one of {', '.join(PROFILES)}")
     ap.add_argument("--only", nargs="+", metavar="NAME", help="run only these notebooks (name or prefix, e.g. 01)")
     ap.add_argument("-p", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"), help="override a parameter")

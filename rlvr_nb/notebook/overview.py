@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .embedded import repo_root
-from .profiles import NOTEBOOKS, PROFILES
+from rlvr_nb.embedded import repo_root
+from rlvr_nb.notebook.profiles import NOTEBOOKS, PROFILES
 
 WHAT = {
     "00_overview": "the paper in one page; this map",

@@ -14,10 +14,10 @@ from __future__ import annotations
 from dataclasses import fields, replace
 from types import SimpleNamespace
 
-from .embedded import EmbeddedConfig
-from .grpo import RLConfig, validate
-from .sft import SFTConfig
-from .tasks import TaskConfig
+from rlvr_nb.embedded import EmbeddedConfig
+from rlvr_nb.grpo import RLConfig, validate
+from rlvr_nb.sft import SFTConfig
+from rlvr_nb.tasks import TaskConfig
 
 PROFILES = ("smoke", "cpu", "gpu")
 
@@ -178,7 +178,7 @@ def rl_config(profile: str, **overrides) -> RLConfig:
 
 def sft_config(profile: str, **overrides) -> SFTConfig:
     """The SFT trajectory matched to the profile's RL run (same steps, spacing, lr, optimizer, seed)."""
-    from .embedded import matched_sft
+    from rlvr_nb.embedded import matched_sft
 
     return matched_sft(RL_RUNS[profile], **{k: v for k, v in overrides.items() if v is not None})
 
