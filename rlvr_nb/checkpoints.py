@@ -8,16 +8,17 @@ Layout of a run directory:
                                        trainer_state.json (step, metrics, config, seed),
                                        optimizer.safetensors + rng.safetensors (for resuming)
 
-A checkpoint is written into a temporary directory and renamed into place, so a run killed at any
-moment leaves only complete checkpoints behind.
+A checkpoint is written into a temporary directory and renamed into place (`checkpoint_writes.atomic_dir`),
+so a run killed at any moment leaves only complete checkpoints behind; the temporary directory of a killed
+write is removed by the next checkpoint write. Training holds `run_lock` on the run directory, so a second
+process can never write into a run that is being trained.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
-import os
-import re
-import shutil
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-STEP_DIR = re.compile(r"^step_(\d+)$")
+from rlvr_nb.checkpoint_files import find_checkpoints
+from rlvr_nb.checkpoint_writes import atomic_dir, write_json, write_text
 
 
 def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
@@ -33,18 +35,52 @@ def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
 
 
 def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints of a run, sorted by step."""
-    root = Path(run_dir) / "checkpoints"
-    if not root.is_dir():
+    """Complete checkpoints of one of our runs (checkpoints/step_N/), sorted by step; [] when there are none."""
+    if not Path(run_dir).is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir()]
-    return sorted(found)
+    return find_checkpoints(run_dir, "rlvr-nb", allow_empty=True)
 
 
 def mark_complete(run_dir: str | Path) -> None:
     """Record that a run finished (its last checkpoint is final)."""
     last = list_checkpoints(run_dir)[-1][0]
-    (Path(run_dir) / "complete.json").write_text(json.dumps({"last_step": last}))
+    write_json(Path(run_dir) / "complete.json", {"last_step": last})
+
+
+_HELD: dict[Path, int] = {}
+"""Run locks this process holds (run_lock is re-entrant within a process), with their depth."""
+
+
+@contextlib.contextmanager
+def run_lock(run: str | Path, wait: bool = True):
+    """Hold an exclusive lock on a run directory while training it (the file .<name>.lock beside it).
+
+    wait=True: a second process asking for the same run waits, then typically finds it complete;
+    wait=False: it is an error naming the run. Re-entrant inside one process."""
+    run = Path(run).resolve()
+    if _HELD.get(run):
+        _HELD[run] += 1
+        try:
+            yield
+        finally:
+            _HELD[run] -= 1
+        return
+    run.parent.mkdir(parents=True, exist_ok=True)
+    with open(run.parent / f".{run.name}.lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not wait:
+                raise RuntimeError(f"another process is training {run} (it holds {f.name}); "
+                                   "wait for it to finish or use another run directory") from None
+            print(f"waiting for another process that is training {run.name} ...", flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        _HELD[run] = 1
+        try:
+            yield
+        finally:
+            _HELD.pop(run, None)
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def is_complete(run_dir: str | Path) -> bool:
@@ -90,8 +126,9 @@ def open_run(run_dir: str | Path, config: dict, resume: bool) -> tuple[int, Path
     elif existing:
         raise FileExistsError(f"{run_dir} holds checkpoints but no run_config.json; refusing to overwrite it")
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "complete.json").unlink(missing_ok=True)
-    cfg_path.write_text(json.dumps(config, indent=2, sort_keys=True))
+    (run_dir / "complete.json").unlink(missing_ok=True)  # ours (mark_complete)
+    if not cfg_path.exists():
+        write_json(cfg_path, config, sort_keys=True)
     if resume and existing:
         step, path = existing[-1]
         _truncate_metrics(run_dir, step)
@@ -106,7 +143,7 @@ def _truncate_metrics(run_dir: Path, last_step: int) -> None:
     if not path.exists():
         return
     keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
-    path.write_text("".join(line + "\n" for line in keep))
+    write_text(path, "".join(line + "\n" for line in keep))
 
 
 def append_metrics(run_dir: str | Path, record: dict) -> None:
@@ -148,26 +185,20 @@ def save_checkpoint(
     generator: torch.Generator | None = None,
     extra_generators: dict[str, torch.Generator] | None = None,
 ) -> Path:
-    """Write <run>/checkpoints/step_<step>/ atomically (temporary directory, then rename)."""
+    """Write <run>/checkpoints/step_<step>/ atomically (`atomic_dir`: temporary directory, fsync, rename)."""
     final = checkpoint_dir(run_dir, step)
-    if final.exists():
-        raise FileExistsError(f"checkpoint {final} already exists; refusing to overwrite it")
-    tmp = final.parent / f".tmp_step_{step}_{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
     from rlvr_nb.models import quiet_transformers
 
-    with quiet_transformers():  # no "Writing model shards" bar per checkpoint
-        model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    if optimizer is not None:
-        save_file(optimizer_tensors(optimizer), str(tmp / "optimizer.safetensors"))
-    if generator is not None:
-        states = {"generator": generator.get_state(), **{k: g.get_state() for k, g in (extra_generators or {}).items()}}
-        save_file(states, str(tmp / "rng.safetensors"))
-    (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **state}, indent=2, default=str))
-    os.replace(tmp, final)
+    with atomic_dir(final) as tmp:
+        with quiet_transformers():  # no "Writing model shards" bar per checkpoint
+            model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if optimizer is not None:
+            save_file(optimizer_tensors(optimizer), str(tmp / "optimizer.safetensors"))
+        if generator is not None:
+            states = {"generator": generator.get_state(), **{k: g.get_state() for k, g in (extra_generators or {}).items()}}
+            save_file(states, str(tmp / "rng.safetensors"))
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **state}, indent=2, default=str))
     return final
 
 

@@ -7,15 +7,13 @@ Hyperparameters of the embedded default live in one place: the dataclasses below
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from rlvr_nb.checkpoints import is_complete, list_checkpoints, to_jsonable
+from rlvr_nb.checkpoints import is_complete, list_checkpoints, run_lock, to_jsonable
 from rlvr_nb.grpo import RLConfig, train_rl
 from rlvr_nb.models import ModelConfig
 from rlvr_nb.sft import SFTConfig, train_sft
@@ -53,23 +51,6 @@ def config_hash(*configs) -> str:
     """Short stable hash of configs (dataclasses or dicts)."""
     blob = json.dumps([to_jsonable(c) for c in configs], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
-
-
-@contextlib.contextmanager
-def run_lock(run: Path):
-    """Hold an exclusive lock on a run while training it: a second process asking for the same run waits,
-    then finds it complete, instead of training it twice."""
-    run.parent.mkdir(parents=True, exist_ok=True)
-    with open(run.parent / f".{run.name}.lock", "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"waiting for another process that is training {run.name} ...", flush=True)
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def ensure_warm_start(emb: EmbeddedConfig = EmbeddedConfig(), progress: bool = True) -> Path:

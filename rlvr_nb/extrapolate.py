@@ -9,37 +9,34 @@ alpha = (t_target - t_base) / (t_second - t_base).
   tensors' worth of memory.
 - `LogitsExtrapolationPolicy` steps both checkpoints on the same prefixes (each with its own KV cache)
   and samples from l_base + alpha (l_second - l_base); it is a policy for `rlvr_nb.evaluate.evaluate`.
-- `ResponseLogits` / `alpha_explorer`: teacher-forced logits of a few example responses under base and
-  second, cached, so the log-prob of any alpha is recomputed at once; the slider draws it beside the
-  accuracy of weight-extrapolated models precomputed on a grid of alphas.
+- `ResponseLogits`: teacher-forced logits of a few example responses under base and second, cached, so
+  the log-prob of any alpha is recomputed at once (the slider of `rlvr_nb.notebook.widgets.alpha_explorer`).
+
+Checkpoints are read and written through the one checkpoint layer (`rlvr_nb.checkpoint_files`,
+`rlvr_nb.checkpoint_writes`): the output is written beside its target and renamed in, it may not be, hold
+or lie inside an input, and replacing it deletes only files this package wrote.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from rlvr_nb.checkpoint_files import (TOKENIZER_FILES, TORCH_DTYPES, WEIGHT_INDEX, CheckpointError, check_same_tokenizer,
+                                      read_rows, read_safetensors_header, read_step, read_weight_index, weight_files)
+from rlvr_nb.checkpoint_writes import atomic_dir, refuse_overlap, write_safetensors
 from rlvr_nb.evaluate import EvalConfig, EvalResult, ModelPolicy, Policy, as_policy, evaluate
 from rlvr_nb.sampling import generate
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                   "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja", "chat_template.json")
 COPIED_FILES = ("config.json", "generation_config.json") + TOKENIZER_FILES
 CHUNK_ELEMENTS = 1 << 24  # rows are processed in blocks of at most this many elements (64 MiB in float32)
-DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-          "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-          "BOOL": torch.bool}
-
 
 # ----------------------------------------------------------------------------------------------------
 # The equations
@@ -81,135 +78,6 @@ def is_norm_weight(name: str) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Checkpoint files
-
-
-def read_step(ckpt_dir: str | Path) -> int:
-    """The RL step of a checkpoint, from its trainer_state.json ("step" or HF's "global_step")."""
-    f = Path(ckpt_dir) / "trainer_state.json"
-    if not f.exists():
-        raise FileNotFoundError(f"{f} not found: give the step explicitly (base_step= / second_step=)")
-    state = json.loads(f.read_text())
-    for key in ("step", "global_step"):
-        if key in state:
-            return int(state[key])
-    raise ValueError(f"{f} has neither 'step' nor 'global_step'")
-
-
-class SafetensorsFile:
-    """The header of one .safetensors file and positioned reads of its tensors.
-
-    Reads use plain file reads, not the memory map of `safetensors.safe_open`: pages of a memory-mapped
-    file count in the process's resident set until it is closed, which would put whole checkpoints in
-    RSS. Row blocks of a tensor are contiguous on disk, so a block is one read.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(n))
-        self.metadata: dict = header.pop("__metadata__", None) or {}
-        self.tensors: dict[str, dict] = header  # name -> {"dtype", "shape", "data_offsets"}
-        self.data_start = 8 + n
-
-    def names(self) -> list[str]:
-        """Tensor names in the order of their data in the file."""
-        return sorted(self.tensors, key=lambda k: self.tensors[k]["data_offsets"][0])
-
-    def spec(self, name: str) -> tuple[str, tuple[int, ...]]:
-        t = self.tensors[name]
-        if t["dtype"] not in DTYPES:
-            raise ValueError(f"{self.path}: tensor {name} has unsupported dtype {t['dtype']}")
-        return t["dtype"], tuple(t["shape"])
-
-    def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
-        """Rows [start, stop) of a tensor (the whole tensor for 0-d ones), in its stored dtype."""
-        dtype_str, shape = self.spec(name)
-        dtype = DTYPES[dtype_str]
-        row = math.prod(shape[1:]) * dtype.itemsize
-        begin = self.data_start + self.tensors[name]["data_offsets"][0] + start * row
-        n_bytes = (stop - start) * row if shape else dtype.itemsize
-        out_shape = ((stop - start), *shape[1:]) if shape else ()
-        if n_bytes == 0:
-            return torch.empty(out_shape, dtype=dtype)
-        buf = bytearray(n_bytes)
-        view = memoryview(buf)
-        with open(self.path, "rb", buffering=0) as f:
-            f.seek(begin)
-            got = 0
-            while got < n_bytes:
-                n = f.readinto(view[got:])
-                if not n:
-                    raise ValueError(f"{self.path} is truncated (tensor {name})")
-                got += n
-        return torch.frombuffer(buf, dtype=dtype).reshape(out_shape)
-
-
-def weight_map(ckpt_dir: Path) -> dict[str, str]:
-    """Tensor name -> safetensors file, from model.safetensors.index.json or the single model.safetensors."""
-    index = ckpt_dir / "model.safetensors.index.json"
-    if index.exists():
-        return dict(json.loads(index.read_text())["weight_map"])
-    single = ckpt_dir / "model.safetensors"
-    if single.exists():
-        return {name: single.name for name in SafetensorsFile(single).tensors}
-    raise FileNotFoundError(f"{ckpt_dir} holds no model.safetensors nor model.safetensors.index.json")
-
-
-def write_safetensors(path: Path, specs: list[tuple[str, str, tuple[int, ...]]], metadata: dict,
-                      chunks: Iterator[torch.Tensor]) -> None:
-    """Stream a .safetensors file: the header from specs (name, dtype, shape), then the tensors' bytes in
-    that order, taken from `chunks` (row blocks, each already in its tensor's dtype)."""
-    header, offset = {}, 0
-    for name, dtype_str, shape in specs:
-        n = math.prod(shape) * DTYPES[dtype_str].itemsize
-        header[name] = {"dtype": dtype_str, "shape": list(shape), "data_offsets": [offset, offset + n]}
-        offset += n
-    header["__metadata__"] = {str(k): str(v) for k, v in {"format": "pt", **metadata}.items()}
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)
-    written = 0
-    with open(path, "wb") as f:
-        f.write(len(blob).to_bytes(8, "little"))
-        f.write(blob)
-        for chunk in chunks:
-            data = chunk.contiguous().reshape(-1).view(torch.uint8).numpy()
-            f.write(memoryview(data))
-            written += data.nbytes
-    if written != offset:
-        raise RuntimeError(f"{path}: wrote {written} data bytes, header promised {offset}")
-
-
-def _tokenizers_differ(a: Path, b: Path) -> str | None:
-    """Why the tokenizers saved in two checkpoints differ, or None when they match."""
-    for name in ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer.model"):
-        fa, fb = a / name, b / name
-        if fa.exists() != fb.exists():
-            return f"{name} is in only one of them"
-        if not fa.exists():
-            continue
-        if name == "tokenizer.json":
-            ja, jb = json.loads(fa.read_text()), json.loads(fb.read_text())
-            for key in ("model", "added_tokens", "pre_tokenizer", "normalizer"):
-                if ja.get(key) != jb.get(key):
-                    return f"tokenizer.json '{key}' differs"
-        elif fa.read_bytes() != fb.read_bytes():
-            return f"{name} differs"
-    ca, cb = a / "tokenizer_config.json", b / "tokenizer_config.json"
-    if ca.exists() and cb.exists():
-        ja, jb = json.loads(ca.read_text()), json.loads(cb.read_text())
-        for key in ("bos_token", "eos_token", "pad_token", "unk_token"):
-            if ja.get(key) != jb.get(key):
-                return f"tokenizer_config.json '{key}' differs"
-    return None
-
-
-def _holds_model(d: Path) -> bool:
-    return (d / "config.json").exists() or any(d.glob("*.safetensors")) or (d / "model.safetensors.index.json").exists()
-
-
-# ----------------------------------------------------------------------------------------------------
 # Weight-space extrapolation
 
 
@@ -240,8 +108,7 @@ def extrapolate_weights(
             raise FileNotFoundError(f"{what} checkpoint directory {d} does not exist")
     if base.resolve() == second.resolve():
         raise ValueError(f"base and second are the same checkpoint ({base.resolve()})")
-    if out.resolve() in (base.resolve(), second.resolve()):
-        raise ValueError(f"out_dir {out} is one of the input checkpoints")
+    refuse_overlap(out, (base, second), "out_dir")
     if (alpha is None) == (target_step is None):
         raise ValueError("give exactly one of alpha and target_step")
     if target_step is not None:
@@ -255,80 +122,67 @@ def extrapolate_weights(
             target_step = target_step_for(base_step, second_step, alpha)
     if not math.isfinite(alpha) or alpha <= 0:
         raise ValueError(f"alpha must be a positive number, got {alpha}")
-    if out.exists():
-        if not out.is_dir():
-            raise FileExistsError(f"out_dir {out} exists and is not a directory")
-        if any(out.iterdir()):
-            if not _holds_model(out):
-                raise FileExistsError(f"out_dir {out} is not empty and holds no model; refusing to replace it")
-            if not overwrite:
-                raise FileExistsError(f"out_dir {out} already holds a model; pass overwrite=True to replace it")
-    why = _tokenizers_differ(base, second)
-    if why is not None:
-        raise ValueError(f"the tokenizers of base ({base}) and second ({second}) differ: {why}")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"out_dir {out} already exists; pass overwrite=True to replace a model this package wrote")
+    check_same_tokenizer([base, second])
 
-    map_base, map_second = weight_map(base), weight_map(second)
-    if set(map_base) != set(map_second):
-        only_b, only_s = sorted(set(map_base) - set(map_second)), sorted(set(map_second) - set(map_base))
+    head_base, head_second = read_weight_index(base), read_weight_index(second)
+    if set(head_base) != set(head_second):
+        only_b, only_s = sorted(set(head_base) - set(head_second)), sorted(set(head_second) - set(head_base))
         raise ValueError(f"base and second hold different tensors: only in base {only_b[:5]}, only in second {only_s[:5]}")
-    files_base = {f: SafetensorsFile(base / f) for f in sorted(set(map_base.values()))}
-    files_second = {f: SafetensorsFile(second / f) for f in sorted(set(map_second.values()))}
-    for name in map_second:
-        sb, ss = files_base[map_base[name]].spec(name), files_second[map_second[name]].spec(name)
-        if sb != ss:
-            raise ValueError(f"tensor {name}: base has dtype/shape {sb}, second has {ss}")
+    for name, ts in head_second.items():
+        tb = head_base[name]
+        if (tb.dtype, tb.shape) != (ts.dtype, ts.shape):
+            raise ValueError(f"tensor {name}: base has dtype/shape {(tb.dtype, tb.shape)}, second has {(ts.dtype, ts.shape)}")
+        if ts.dtype not in TORCH_DTYPES:
+            raise ValueError(f"{ts.file}: tensor {name} has dtype {ts.dtype}, which is not read")
+    by_file: dict[Path, list[str]] = {}
+    for name, ts in sorted(head_second.items(), key=lambda kv: kv[1].offset):
+        by_file.setdefault(ts.file, []).append(name)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
     counts = {"extrapolated": 0, "copied_from_second": 0}
-    try:
-        bar = tqdm(total=len(map_second), desc="extrapolating", disable=not progress, leave=False)
-        for fname, fs in files_second.items():
-            names = fs.names()
+    with atomic_dir(out, (base, second), replace=overwrite) as tmp:
+        bar = tqdm(total=len(head_second), desc="extrapolating", disable=not progress, leave=False)
+        for file, names in by_file.items():
 
             def chunks() -> Iterator[torch.Tensor]:
                 for name in names:
-                    dtype_str, shape = fs.spec(name)
-                    fb = files_base[map_base[name]]
-                    mixed = DTYPES[dtype_str].is_floating_point and not is_norm_weight(name)
+                    ts, tb = head_second[name], head_base[name]
+                    mixed = TORCH_DTYPES[ts.dtype].is_floating_point and not is_norm_weight(name)
                     counts["extrapolated" if mixed else "copied_from_second"] += 1
-                    n_rows = shape[0] if shape else 1
-                    step = max(1, CHUNK_ELEMENTS // max(1, math.prod(shape[1:]))) if shape else 1
+                    n_rows = ts.shape[0] if ts.shape else 1
+                    step = max(1, CHUNK_ELEMENTS // max(1, math.prod(ts.shape[1:]))) if ts.shape else 1
                     for r in range(0, max(n_rows, 1), step):
-                        block = fs.read_rows(name, r, min(r + step, n_rows))  # [rows, ...]
+                        block = read_rows(ts, name, r, min(r + step, n_rows))  # [rows, ...]
                         if mixed:
-                            block = extrapolate_tensor(fb.read_rows(name, r, min(r + step, n_rows)), block, alpha).to(block.dtype)
+                            mix = extrapolate_tensor(read_rows(tb, name, r, min(r + step, n_rows)), block, alpha)
+                            if not torch.isfinite(mix).all():
+                                raise ValueError(f"tensor {name} (rows {r}..{min(r + step, n_rows)}) is not finite "
+                                                 f"after extrapolation: base {base} or second {second} holds NaN/Inf "
+                                                 "there, or alpha overflows its dtype; nothing was written")
+                            block = mix.to(block.dtype)
                         yield block
                     bar.update(1)
 
-            write_safetensors(tmp / fname, [(n, *fs.spec(n)) for n in names], fs.metadata, chunks())
+            _, metadata = read_safetensors_header(file)
+            write_safetensors(tmp / file.name, [(n, head_second[n].dtype, head_second[n].shape) for n in names],
+                              metadata, chunks())
         bar.close()
-        for name in COPIED_FILES + ("model.safetensors.index.json",):
-            if (second / name).exists():
+        for name in COPIED_FILES + (WEIGHT_INDEX,):
+            if (second / name).is_file():
                 shutil.copy2(second / name, tmp / name)
         note = {"method": "weight-space extrapolation, PAPER.md Sec. 6", "base": str(base.resolve()),
                 "second": str(second.resolve()), "alpha": alpha, "base_step": base_step,
                 "second_step": second_step, "target_step": target_step, "tensors": counts,
                 "norm_weights": "copied from second"}
         (tmp / "extrapolation.json").write_text(json.dumps(note, indent=2))
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(out, old)
-            os.rename(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
 def _maybe_step(d: Path) -> int | None:
     try:
         return read_step(d)
-    except (FileNotFoundError, ValueError):
+    except CheckpointError:
         return None
 
 
@@ -374,7 +228,7 @@ def _same_extrapolation(note_file: Path, base: Path, second: Path, alpha: float)
         return False
     note = json.loads(note_file.read_text())
     same = note.get("base") == str(base.resolve()) and note.get("second") == str(second.resolve()) and note.get("alpha") == alpha
-    inputs = [d / f for d in (base, second) for f in set(weight_map(d).values())]
+    inputs = [f for d in (base, second) for f in weight_files(d)]
     return same and note_file.stat().st_mtime_ns >= max(f.stat().st_mtime_ns for f in inputs)
 
 
@@ -426,7 +280,7 @@ class LogitsExtrapolationPolicy:
 
 
 # ----------------------------------------------------------------------------------------------------
-# The alpha slider: cached teacher-forced logits and the predicted accuracy curve
+# Cached teacher-forced logits (for the alpha slider)
 
 
 @dataclass
@@ -493,101 +347,3 @@ def cache_response_logits(base: Policy | str | Path, seconds: Mapping[int, Polic
         second_logits[int(t)] = [teacher_forced_logits(sp.model, tok, p, r)[1] for p, r in zip(prompts, responses)]
     text = [[tok.convert_ids_to_tokens(i) for i in row.tolist()] for row in ids]
     return ResponseLogits(list(prompts), list(responses), list(ids), text, base_step, list(base_logits), second_logits)
-
-
-def predicted_accuracy(alphas: Sequence[float], accuracies: Sequence[float], alpha: float) -> float:
-    """Accuracy at alpha, linearly interpolated in a precomputed grid (NaN outside the grid)."""
-    a, acc = np.asarray(alphas, float), np.asarray(accuracies, float)
-    if a.shape != acc.shape or a.size == 0:
-        raise ValueError("alphas and accuracies must be non-empty and of equal length")
-    order = np.argsort(a)
-    a, acc = a[order], acc[order]
-    if alpha < a[0] or alpha > a[-1]:
-        return float("nan")
-    return float(np.interp(alpha, a, acc))
-
-
-AccuracyGrid = Mapping[int, tuple[Sequence[float], Sequence[float]]]  # t_second -> (alphas, accuracies)
-
-
-def plot_predicted_accuracy(ax, grid: AccuracyGrid, t_base: int, t_second: int, alpha: float,
-                            rl_accuracy: Mapping[int, float] | None = None) -> None:
-    """Accuracy of weight-extrapolated models against the target step, with the slider's alpha marked."""
-    for t, (alphas, accs) in sorted(grid.items()):
-        order = np.argsort(alphas)
-        steps = [target_step_for(t_base, t, alphas[i]) for i in order]
-        ax.plot(steps, [accs[i] for i in order], "o-" if t == t_second else "-", ms=3,
-                alpha=1.0 if t == t_second else 0.3, label=f"extrapolated, t_second={t}")
-    if rl_accuracy:
-        steps = sorted(rl_accuracy)
-        ax.plot(steps, [rl_accuracy[s] for s in steps], "k--", lw=1, label="actual RL")
-    target = target_step_for(t_base, t_second, alpha)
-    if t_second in grid:
-        acc = predicted_accuracy(*grid[t_second], alpha)
-        if not math.isnan(acc):
-            ax.plot([target], [acc], "r*", ms=14, label=f"alpha={alpha:.2f}: {acc:.3f}")
-    ax.axvline(target, color="r", lw=0.8, alpha=0.5)
-    ax.set(xlabel="target step", ylabel="held-out accuracy (avg@k)", title=f"weight extrapolation from t_base={t_base}")
-    ax.legend(fontsize=7, loc="best")
-
-
-def plot_logprob_shift(ax, cache: ResponseLogits, t_second: int, alpha: float) -> None:
-    """Per-token log p(alpha) - log p(base) of the example responses (bars), alpha = 1 as open markers."""
-    shift, at_second = cache.logprob_shift(t_second, alpha), cache.logprob_shift(t_second, 1.0)
-    x0, ticks, labels = 0, [], []
-    for i, (s, s1, text) in enumerate(zip(shift, at_second, cache.token_text)):
-        xs = np.arange(x0, x0 + len(s))
-        ax.bar(xs, s.numpy(), color=f"C{i % 10}", alpha=0.8)
-        ax.plot(xs, s1.numpy(), "o", mfc="none", mec="k", ms=4)
-        ticks += xs.tolist()
-        labels += [t.replace("<eos>", "eos") for t in text]
-        ax.annotate(f"{cache.prompts[i]}{cache.responses[i]}", ((xs[0] + xs[-1]) / 2, 1.0), xycoords=("data", "axes fraction"),
-                    xytext=(0, -10), textcoords="offset points", ha="center", fontsize=8, color=f"C{i % 10}")
-        x0 += len(s) + 1
-    ax.axhline(0, color="k", lw=0.5)
-    ax.set_xticks(ticks, labels, fontsize=7, rotation=90 if len(ticks) > 40 else 0)
-    target = target_step_for(cache.base_step, t_second, alpha)
-    ax.set(ylabel="log p(alpha) - log p(base)",
-           title=f"token log-prob shift, alpha={alpha:.2f} (step {target:g}); o = second (step {t_second})")
-
-
-def draw_alpha_figure(cache: ResponseLogits, grid: AccuracyGrid, t_second: int, alpha: float,
-                      rl_accuracy: Mapping[int, float] | None = None):
-    """The slider's figure: predicted accuracy curve (left), per-token log-prob shift (right)."""
-    import matplotlib.pyplot as plt
-
-    fig, (ax_acc, ax_lp) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [1, 1.4]})
-    plot_predicted_accuracy(ax_acc, grid, cache.base_step, t_second, alpha, rl_accuracy)
-    plot_logprob_shift(ax_lp, cache, t_second, alpha)
-    fig.tight_layout()
-    return fig
-
-
-def alpha_explorer(cache: ResponseLogits, grid: AccuracyGrid, *, interactive: bool, alpha: float = 1.5,
-                   t_second: int | None = None, rl_accuracy: Mapping[int, float] | None = None,
-                   alpha_max: float = 3.0, continuous_update: bool = False):
-    """The alpha slider (and a t_second dropdown) redrawing `draw_alpha_figure` from cached logits.
-
-    interactive=False (papermill, CI) returns the static figure at alpha, with no widget or kernel comms;
-    interactive=True returns an ipywidgets box to display."""
-    t_second = max(cache.second_logits) if t_second is None else t_second
-    if t_second not in cache.second_logits:
-        raise ValueError(f"no cached logits for t_second={t_second}; have {sorted(cache.second_logits)}")
-    if not interactive:
-        return draw_alpha_figure(cache, grid, t_second, alpha, rl_accuracy)
-
-    import ipywidgets as widgets
-    import matplotlib.pyplot as plt
-    from IPython.display import display
-
-    slider = widgets.FloatSlider(value=alpha, min=0.0, max=alpha_max, step=0.05, description="alpha",
-                                 continuous_update=continuous_update, readout_format=".2f")
-    dropdown = widgets.Dropdown(options=sorted(cache.second_logits), value=t_second, description="t_second")
-
-    def redraw(alpha: float, t_second: int) -> None:
-        fig = draw_alpha_figure(cache, grid, t_second, alpha, rl_accuracy)
-        display(fig)
-        plt.close(fig)
-
-    out = widgets.interactive_output(redraw, {"alpha": slider, "t_second": dropdown})
-    return widgets.VBox([widgets.HBox([slider, dropdown]), out])

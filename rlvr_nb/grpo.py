@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from safetensors.torch import load_file
 
-from rlvr_nb.checkpoints import (append_metrics, load_optimizer_tensors, load_weights_into, mark_complete, open_run,
+from rlvr_nb.checkpoints import (append_metrics, load_optimizer_tensors, load_weights_into, mark_complete, open_run, run_lock,
                           restore_training_state, save_checkpoint, to_jsonable)
 from rlvr_nb.models import load_model, load_tokenizer
 from rlvr_nb.sampling import decode_responses, encode_prompts, generate
@@ -209,78 +209,79 @@ def train_rl(cfg: RLConfig, init_dir: str | Path, run_dir: str | Path, task_cfg:
         if not (init_optimizer / "optimizer.safetensors").is_file():
             raise FileNotFoundError(f"init_optimizer: no optimizer.safetensors in {init_optimizer}")
         run_config["init_optimizer"] = str(init_optimizer.resolve())
-    start, ckpt = open_run(run_dir, run_config, resume)
-    torch.manual_seed(cfg.seed)
-    tokenizer = load_tokenizer(init_dir)
-    model = load_model(init_dir)
-    ref_model = copy.deepcopy(model).eval() if cfg.kl_coef > 0 else None
-    opt = make_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    task = AdditionTask(task_cfg)
-    if ckpt is not None:
-        load_weights_into(model, ckpt)
-        restore_training_state(ckpt, opt, gen)
-    else:
-        if init_optimizer is not None:
-            load_optimizer_tensors(opt, load_file(str(init_optimizer / "optimizer.safetensors")))
-        state = {"metrics": checkpoint_eval(model, tokenizer, task, cfg.eval_problems, cfg.max_new_tokens, cfg.seed),
-                 "config": run_config, "seed": cfg.seed}
-        save_checkpoint(run_dir, 0, model, tokenizer, state, opt, gen)
-        append_metrics(run_dir, {"step": 0, **state["metrics"]})
-
-    P, G, N = cfg.prompts_per_step, cfg.group_size, cfg.max_new_tokens
-    last = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
-    bar = tqdm(range(start, last), initial=start, total=cfg.steps, desc="RL steps", disable=not progress)
-    for step in bar:
-        t0 = time.perf_counter()
-        # 1. Rollouts: G completions per prompt, KV-cached, at the rollout temperature.
-        problems = task.sample_train(P, gen)
-        prompt_ids, prompt_mask = (x.repeat_interleave(G, 0) for x in encode_prompts(tokenizer, [p.prompt for p in problems]))  # [P*G, L]
-        model.eval()
-        tokens, mask = generate(model, prompt_ids, prompt_mask, max_new_tokens=N, eos_id=tokenizer.eos_token_id,
-                                pad_id=tokenizer.pad_token_id, temperature=cfg.temperature, generator=gen)
-        # 2. Verifiable reward and advantages.
-        responses = decode_responses(tokenizer, tokens, mask)
-        rewards = torch.tensor([task.reward(r, p.answer) for r, p in zip(responses, (q for q in problems for _ in range(G)))])
-        adv = group_advantages(rewards.view(P, G), cfg.adv_estimator).reshape(-1, 1)  # [P*G, 1]
-        # 3. Policy-gradient update(s) on the clipped surrogate.
-        model.train()
-        full = torch.cat([prompt_ids, tokens], 1)  # [P*G, L+N]
-        full_mask = None if bool(prompt_mask.all()) else torch.cat([prompt_mask, torch.ones_like(tokens)], 1)
-        L = prompt_ids.shape[1]
-        mask_f = mask.float()
-        old_logp = ref_logp = None
-        for _ in range(cfg.updates_per_batch):
-            logp, entropy = token_logprobs(model, full, L, full_mask)
-            if old_logp is None:
-                old_logp = logp.detach()
-                if ref_model is not None:
-                    with torch.no_grad():
-                        ref_logp, _ = token_logprobs(ref_model, full, L, full_mask)
-            ratio = importance_ratio(logp, old_logp, mask_f, sequence_level=cfg.adv_estimator == "gspo")
-            loss_tok = clipped_surrogate(ratio, adv, cfg.clip_low, cfg.clip_high)
-            if ref_logp is not None:
-                loss_tok = loss_tok + cfg.kl_coef * k3_kl(logp, ref_logp)
-            if cfg.entropy_coef:
-                loss_tok = loss_tok - cfg.entropy_coef * entropy
-            loss = aggregate_loss(loss_tok, mask_f, cfg.loss_agg, N)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-            opt.step()
-
-        record = {"step": step + 1, "reward": rewards.mean().item(), "loss": loss.item(),
-                  "response_len": mask_f.sum(1).mean().item(),
-                  "entropy": ((entropy.detach() * mask_f).sum() / mask_f.sum()).item(),
-                  "grad_norm": float(grad_norm), "seconds": time.perf_counter() - t0}
-        if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
-            model.eval()
-            record.update(checkpoint_eval(model, tokenizer, task, cfg.eval_problems, N, cfg.seed))
-            append_metrics(run_dir, record)
-            save_checkpoint(run_dir, step + 1, model, tokenizer, {"metrics": record, "config": run_config, "seed": cfg.seed}, opt, gen)
+    with run_lock(run_dir, wait=False):  # no second process may write into this run
+        start, ckpt = open_run(run_dir, run_config, resume)
+        torch.manual_seed(cfg.seed)
+        tokenizer = load_tokenizer(init_dir)
+        model = load_model(init_dir)
+        ref_model = copy.deepcopy(model).eval() if cfg.kl_coef > 0 else None
+        opt = make_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        task = AdditionTask(task_cfg)
+        if ckpt is not None:
+            load_weights_into(model, ckpt)
+            restore_training_state(ckpt, opt, gen)
         else:
-            append_metrics(run_dir, record)
-        bar.set_postfix(reward=f"{record['reward']:.3f}", acc=f"{record.get('heldout_sampled', float('nan')):.3f}")
-    if last == cfg.steps:
-        mark_complete(run_dir)
-    return Path(run_dir)
+            if init_optimizer is not None:
+                load_optimizer_tensors(opt, load_file(str(init_optimizer / "optimizer.safetensors")))
+            state = {"metrics": checkpoint_eval(model, tokenizer, task, cfg.eval_problems, cfg.max_new_tokens, cfg.seed),
+                     "config": run_config, "seed": cfg.seed}
+            save_checkpoint(run_dir, 0, model, tokenizer, state, opt, gen)
+            append_metrics(run_dir, {"step": 0, **state["metrics"]})
+
+        P, G, N = cfg.prompts_per_step, cfg.group_size, cfg.max_new_tokens
+        last = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+        bar = tqdm(range(start, last), initial=start, total=cfg.steps, desc="RL steps", disable=not progress)
+        for step in bar:
+            t0 = time.perf_counter()
+            # 1. Rollouts: G completions per prompt, KV-cached, at the rollout temperature.
+            problems = task.sample_train(P, gen)
+            prompt_ids, prompt_mask = (x.repeat_interleave(G, 0) for x in encode_prompts(tokenizer, [p.prompt for p in problems]))  # [P*G, L]
+            model.eval()
+            tokens, mask = generate(model, prompt_ids, prompt_mask, max_new_tokens=N, eos_id=tokenizer.eos_token_id,
+                                    pad_id=tokenizer.pad_token_id, temperature=cfg.temperature, generator=gen)
+            # 2. Verifiable reward and advantages.
+            responses = decode_responses(tokenizer, tokens, mask)
+            rewards = torch.tensor([task.reward(r, p.answer) for r, p in zip(responses, (q for q in problems for _ in range(G)))])
+            adv = group_advantages(rewards.view(P, G), cfg.adv_estimator).reshape(-1, 1)  # [P*G, 1]
+            # 3. Policy-gradient update(s) on the clipped surrogate.
+            model.train()
+            full = torch.cat([prompt_ids, tokens], 1)  # [P*G, L+N]
+            full_mask = None if bool(prompt_mask.all()) else torch.cat([prompt_mask, torch.ones_like(tokens)], 1)
+            L = prompt_ids.shape[1]
+            mask_f = mask.float()
+            old_logp = ref_logp = None
+            for _ in range(cfg.updates_per_batch):
+                logp, entropy = token_logprobs(model, full, L, full_mask)
+                if old_logp is None:
+                    old_logp = logp.detach()
+                    if ref_model is not None:
+                        with torch.no_grad():
+                            ref_logp, _ = token_logprobs(ref_model, full, L, full_mask)
+                ratio = importance_ratio(logp, old_logp, mask_f, sequence_level=cfg.adv_estimator == "gspo")
+                loss_tok = clipped_surrogate(ratio, adv, cfg.clip_low, cfg.clip_high)
+                if ref_logp is not None:
+                    loss_tok = loss_tok + cfg.kl_coef * k3_kl(logp, ref_logp)
+                if cfg.entropy_coef:
+                    loss_tok = loss_tok - cfg.entropy_coef * entropy
+                loss = aggregate_loss(loss_tok, mask_f, cfg.loss_agg, N)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+                opt.step()
+
+            record = {"step": step + 1, "reward": rewards.mean().item(), "loss": loss.item(),
+                      "response_len": mask_f.sum(1).mean().item(),
+                      "entropy": ((entropy.detach() * mask_f).sum() / mask_f.sum()).item(),
+                      "grad_norm": float(grad_norm), "seconds": time.perf_counter() - t0}
+            if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
+                model.eval()
+                record.update(checkpoint_eval(model, tokenizer, task, cfg.eval_problems, N, cfg.seed))
+                append_metrics(run_dir, record)
+                save_checkpoint(run_dir, step + 1, model, tokenizer, {"metrics": record, "config": run_config, "seed": cfg.seed}, opt, gen)
+            else:
+                append_metrics(run_dir, record)
+            bar.set_postfix(reward=f"{record['reward']:.3f}", acc=f"{record.get('heldout_sampled', float('nan')):.3f}")
+        if last == cfg.steps:
+            mark_complete(run_dir)
+        return Path(run_dir)

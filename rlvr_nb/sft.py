@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from rlvr_nb.checkpoints import append_metrics, mark_complete, load_weights_into, open_run, restore_training_state, save_checkpoint, to_jsonable
+from rlvr_nb.checkpoints import (append_metrics, mark_complete, load_weights_into, open_run, restore_training_state, run_lock,
+                                 save_checkpoint, to_jsonable)
 from rlvr_nb.grpo import checkpoint_eval, make_optimizer
 from rlvr_nb.models import ModelConfig, build_model, build_tokenizer, load_model, load_tokenizer
 from rlvr_nb.tasks import AdditionTask, Problem, TaskConfig
@@ -75,55 +76,56 @@ def train_sft(cfg: SFTConfig, run_dir: str | Path, init_dir: str | Path | None =
     run_config = {"kind": "sft", "sft": to_jsonable(cfg), "task": to_jsonable(task_cfg),
                   "init_dir": str(Path(init_dir).resolve()) if init_dir else None,
                   "model": None if init_dir else to_jsonable(model_cfg)}
-    start, ckpt = open_run(run_dir, run_config, resume)
-    if init_dir is None:
-        tokenizer = build_tokenizer()
-        model = build_model(model_cfg, tokenizer)
-    else:
-        tokenizer, model = load_tokenizer(init_dir), load_model(init_dir)
-    opt = make_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    # the injected noise has its own stream, so every SNR setting sees exactly the same batches
-    noise = {"noise": torch.Generator().manual_seed(cfg.seed + 1)}
-    task = AdditionTask(task_cfg)
-    n_eval, n_new = cfg.eval_problems, task.answer_len + 2
-    if ckpt is not None:
-        load_weights_into(model, ckpt)
-        restore_training_state(ckpt, opt, gen, noise)
-    else:
-        metrics = checkpoint_eval(model, tokenizer, task, n_eval, n_new, cfg.seed)
-        save_checkpoint(run_dir, 0, model, tokenizer, {"metrics": metrics, "config": run_config, "seed": cfg.seed}, opt, gen, noise)
-        append_metrics(run_dir, {"step": 0, **metrics})
-
-    last = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
-    bar = tqdm(range(start, last), initial=start, total=cfg.steps, desc="SFT steps", disable=not progress)
-    for step in bar:
-        t0 = time.perf_counter()
-        ids, target_mask, L = sequence_batch(tokenizer, task.sample_train(cfg.batch_size, gen))
-        model.train()
-        nll = token_nll(model, ids, L)  # [B, N]
-        if cfg.noise_snr_db is not None or cfg.zero_signal:
-            from rlvr_nb.lowpass import token_noise_weights  # PAPER.md Sec. 5: injected token-level noise
-
-            nll = nll * token_noise_weights(nll.shape, cfg.noise_snr_db, cfg.zero_signal, noise["noise"])
-        loss = (nll * target_mask).sum() / target_mask.sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-        opt.step()
-        record = {"step": step + 1, "loss": loss.item(), "grad_norm": float(grad_norm), "seconds": time.perf_counter() - t0}
-        if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
-            model.eval()
-            record.update(checkpoint_eval(model, tokenizer, task, n_eval, n_new, cfg.seed))
-            append_metrics(run_dir, record)
-            save_checkpoint(run_dir, step + 1, model, tokenizer, {"metrics": record, "config": run_config, "seed": cfg.seed}, opt, gen, noise)
-            if cfg.stop_at_accuracy is not None and record["heldout_sampled"] >= cfg.stop_at_accuracy:
-                break
+    with run_lock(run_dir, wait=False):  # no second process may write into this run
+        start, ckpt = open_run(run_dir, run_config, resume)
+        if init_dir is None:
+            tokenizer = build_tokenizer()
+            model = build_model(model_cfg, tokenizer)
         else:
-            append_metrics(run_dir, record)
-        bar.set_postfix(loss=f"{record['loss']:.3f}")
-    else:
-        if last < cfg.steps:  # stopped by stop_after: the run is not complete
-            return Path(run_dir)
-    mark_complete(run_dir)
-    return Path(run_dir)
+            tokenizer, model = load_tokenizer(init_dir), load_model(init_dir)
+        opt = make_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        # the injected noise has its own stream, so every SNR setting sees exactly the same batches
+        noise = {"noise": torch.Generator().manual_seed(cfg.seed + 1)}
+        task = AdditionTask(task_cfg)
+        n_eval, n_new = cfg.eval_problems, task.answer_len + 2
+        if ckpt is not None:
+            load_weights_into(model, ckpt)
+            restore_training_state(ckpt, opt, gen, noise)
+        else:
+            metrics = checkpoint_eval(model, tokenizer, task, n_eval, n_new, cfg.seed)
+            save_checkpoint(run_dir, 0, model, tokenizer, {"metrics": metrics, "config": run_config, "seed": cfg.seed}, opt, gen, noise)
+            append_metrics(run_dir, {"step": 0, **metrics})
+
+        last = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+        bar = tqdm(range(start, last), initial=start, total=cfg.steps, desc="SFT steps", disable=not progress)
+        for step in bar:
+            t0 = time.perf_counter()
+            ids, target_mask, L = sequence_batch(tokenizer, task.sample_train(cfg.batch_size, gen))
+            model.train()
+            nll = token_nll(model, ids, L)  # [B, N]
+            if cfg.noise_snr_db is not None or cfg.zero_signal:
+                from rlvr_nb.lowpass import token_noise_weights  # PAPER.md Sec. 5: injected token-level noise
+
+                nll = nll * token_noise_weights(nll.shape, cfg.noise_snr_db, cfg.zero_signal, noise["noise"])
+            loss = (nll * target_mask).sum() / target_mask.sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+            opt.step()
+            record = {"step": step + 1, "loss": loss.item(), "grad_norm": float(grad_norm), "seconds": time.perf_counter() - t0}
+            if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
+                model.eval()
+                record.update(checkpoint_eval(model, tokenizer, task, n_eval, n_new, cfg.seed))
+                append_metrics(run_dir, record)
+                save_checkpoint(run_dir, step + 1, model, tokenizer, {"metrics": record, "config": run_config, "seed": cfg.seed}, opt, gen, noise)
+                if cfg.stop_at_accuracy is not None and record["heldout_sampled"] >= cfg.stop_at_accuracy:
+                    break
+            else:
+                append_metrics(run_dir, record)
+            bar.set_postfix(loss=f"{record['loss']:.3f}")
+        else:
+            if last < cfg.steps:  # stopped by stop_after: the run is not complete
+                return Path(run_dir)
+        mark_complete(run_dir)
+        return Path(run_dir)

@@ -1,12 +1,8 @@
 """A training trajectory: the checkpoints of one run, their steps, and lazy access to their tensors.
 
-`load_trajectory(run_dir)` finds the checkpoints of a run in any of these layouts:
-
-    <run>/checkpoints/step_<N>/                 rlvr-nb (`rlvr_nb.checkpoints`)
-    <run>/checkpoint-<N>/                       TRL / HuggingFace Trainer
-    <run>/global_step_<N>/actor/huggingface/    verl (when the HuggingFace copy holds weights)
-
-or takes an explicit list of (step, directory) pairs of `save_pretrained` directories; a base model
+`load_trajectory(run_dir)` finds the complete checkpoints of a run through the one checkpoint layer,
+`rlvr_nb.checkpoint_files` (our checkpoints/step_N/, TRL / HF Trainer checkpoint-N/, verl
+global_step_N/actor/huggingface/; its docstring says when each counts as complete), or takes an explicit list of (step, directory) pairs of `save_pretrained` directories; a base model
 directory can be added as step 0 (TRL and verl runs do not save one). Weights are read from
 `model.safetensors` or the shards named by `model.safetensors.index.json`; nothing else in a checkpoint
 (training_args.bin, optimizer.pt, ...) is ever opened, and nothing is unpickled.
@@ -22,34 +18,26 @@ does, as views of read-only memory maps of the files whose pages are released af
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import mmap
-import re
-import struct
 import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 import torch
-from safetensors import safe_open
 from tqdm.auto import tqdm
+
+from rlvr_nb.checkpoint_files import (CheckpointError, TensorHeader, check_same_tokenizer, read_exactly, read_tensors,
+                                      read_weight_index, scan_checkpoints)
 
 MIN_CHECKPOINTS = 3
 """A line through fewer than three points always fits perfectly: R^2 means nothing below this."""
 
-# name of a checkpoint directory -> its step, per layout
-OURS = re.compile(r"^step_(\d+)$")
-HF_TRAINER = re.compile(r"^checkpoint-(\d+)$")
-VERL = re.compile(r"^global_step_(\d+)$")
-
 SAFETENSORS_DTYPES = {"BF16": np.uint16, "F16": np.float16, "F32": np.float32, "F64": np.float64}
 """Floating dtypes whose values we read (bf16 as raw uint16 bit patterns: numpy has no bfloat16)."""
-DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-               "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
 
 
 @dataclass(frozen=True)
@@ -92,11 +80,9 @@ class Trajectory:
         return sum(t.numel for t in self.tensors.values() if t.is_float)
 
     def tensor(self, name: str, index: int) -> torch.Tensor:
-        """One whole tensor of checkpoint `index`, read lazily through `safetensors.safe_open`."""
-        info = self._info(name)
-        path = info.locations[index][0]
-        with safe_open(str(path), framework="pt") as f:
-            return f.get_tensor(name)
+        """One whole tensor of checkpoint `index`, read lazily (`checkpoint_files.read_tensors`)."""
+        self._info(name)
+        return read_tensors(self.dirs[index], [name], floating_only=False)[name]
 
     def read(self, name: str, start: int = 0, stop: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
         """Elements [start, stop) of the flattened tensor across all checkpoints: [T, stop - start].
@@ -256,18 +242,6 @@ class MappedReader:
             return self.maps[path]
 
 
-def read_exactly(path: Path, offset: int, buf: memoryview, name: str) -> None:
-    """Fill buf with the bytes of `path` from `offset` (unbuffered: straight into the array's memory)."""
-    with open(path, "rb", buffering=0) as f:
-        f.seek(offset)
-        done = 0
-        while done < len(buf):
-            got = f.readinto(buf[done:])
-            if not got:
-                raise ValueError(f"truncated safetensors file {path}: tensor {name} ends past the end of the file")
-            done += got
-
-
 def storage_dtype(dtypes: Iterable[str]) -> type:
     """The array dtype `Trajectory.read` returns for a tensor stored with these per-checkpoint dtypes."""
     dtypes = set(dtypes)
@@ -292,62 +266,34 @@ def raise_nonfinite(traj: Trajectory, name: str, bad: np.ndarray) -> None:
 # Finding checkpoints
 # ---------------------------------------------------------------------------------------------
 
-def verl_merge_command(actor_dir: Path) -> str:
-    """The command that turns verl's FSDP shards of one step into a HuggingFace directory."""
-    return (f"python -m verl.model_merger merge --backend fsdp --local_dir {actor_dir} "
-            f"--target_dir {actor_dir / 'huggingface'}")
-
-
-def has_weights(d: Path) -> bool:
-    return (d / "model.safetensors").is_file() or (d / "model.safetensors.index.json").is_file()
-
-
-def find_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
-    """(step, HuggingFace directory) of every checkpoint under a run directory, sorted by step.
-
-    Recognises <run>/checkpoints/step_N/, <run>/step_N/, <run>/checkpoint-N/ and
-    <run>/global_step_N/actor/huggingface/. A verl step whose HuggingFace copy holds no weights (only
-    FSDP shards were saved) is an error that prints verl's merge command.
-    """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"run directory {run_dir} does not exist")
-    found: list[tuple[int, Path]] = []
-    for parent in (run_dir / "checkpoints", run_dir):
-        if parent.is_dir():
-            found += [(int(m.group(1)), p) for p in sorted(parent.iterdir())
-                      if p.is_dir() and (m := OURS.match(p.name))]
-    found += [(int(m.group(1)), p) for p in sorted(run_dir.iterdir()) if p.is_dir() and (m := HF_TRAINER.match(p.name))]
-    for p in sorted(run_dir.iterdir()):
-        if p.is_dir() and (m := VERL.match(p.name)):
-            actor = p / "actor"
-            hf = actor / "huggingface"
-            if hf.is_dir() and has_weights(hf):
-                found.append((int(m.group(1)), hf))
-            elif actor.is_dir():
-                raise ValueError(f"verl checkpoint {p} holds FSDP shards but no HuggingFace weights in {hf}; "
-                                 f"merge them first with:\n  {verl_merge_command(actor)}\n"
-                                 "then pass the merged directories as an explicit list of (step, dir)")
-    if not found:
-        raise FileNotFoundError(
-            f"no checkpoints found in {run_dir} (looked for checkpoints/step_N/, step_N/, checkpoint-N/ "
-            "and global_step_N/actor/huggingface/)")
-    return sorted(found, key=lambda sd: sd[0])
-
-
 def load_trajectory(
     run: str | Path | Sequence[tuple[int, str | Path]],
     base: str | Path | None = None,
     *,
+    layout: str | None = None,
     check_finite: bool = False,
     progress: bool = True,
 ) -> Trajectory:
     """Find, validate and index the checkpoints of a run (a run directory, or a list of (step, dir)).
 
-    `base` is a `save_pretrained` directory counted as step 0. With `check_finite` every weight is read
-    once up front to rule out NaN/Inf (the R^2 engine checks them anyway as it reads).
+    Checkpoints are found by `checkpoint_files.scan_checkpoints` (layout: 'rlvr-nb', 'hf' or 'verl' when
+    the directory holds more than one); those their writer has not marked complete are left out, with a
+    warning naming them. `base` is a `save_pretrained` directory counted as step 0. With `check_finite`
+    every weight is read once up front to rule out NaN/Inf (the R^2 engine checks them anyway as it reads).
     """
-    pairs = find_checkpoints(run) if isinstance(run, (str, Path)) else [(int(s), Path(d)) for s, d in run]
+    if isinstance(run, (str, Path)):
+        found = scan_checkpoints(run, layout)
+        pending = [c for c in found if c.marked is False]
+        if pending:
+            warnings.warn(f"{len(pending)} checkpoint(s) of {run} are not marked complete by their writer and are "
+                          f"left out: {', '.join(str(c.path) for c in pending[:3])}", stacklevel=2)
+        pairs = [(c.step, c.path) for c in found if c.marked is not False]
+        if not found:
+            raise FileNotFoundError(
+                f"no checkpoints found in {run} (looked for checkpoints/step_N/, step_N/, checkpoint-N/ "
+                "and global_step_N/actor/huggingface/)")
+    else:
+        pairs = [(int(s), Path(d)) for s, d in run]
     if base is not None:
         pairs = [(0, Path(base))] + list(pairs)
     for step, d in pairs:
@@ -357,20 +303,18 @@ def load_trajectory(
     dupes = sorted({s for s in steps if steps.count(s) > 1})
     if dupes:
         where = [f"{s}: " + ", ".join(str(d) for t, d in pairs if t == s) for s in dupes]
-        raise ValueError("duplicate checkpoint steps " + "; ".join(where))
+        raise CheckpointError("duplicate checkpoint steps " + "; ".join(where))
     if len(pairs) < MIN_CHECKPOINTS:
-        raise ValueError(f"found {len(pairs)} checkpoint(s) ({', '.join(str(d) for _, d in pairs)}); "
-                         f"a linear fit needs at least {MIN_CHECKPOINTS}")
+        raise CheckpointError(f"found {len(pairs)} complete checkpoint(s) ({', '.join(str(d) for _, d in pairs)}); "
+                              f"a linear fit needs at least {MIN_CHECKPOINTS}")
     pairs = sorted(pairs, key=lambda sd: sd[0])
     headers = [read_weight_index(d) for _, d in tqdm(pairs, desc="reading checkpoint headers", unit="ckpt",
                                                      disable=not progress)]
     check_same_tensors(pairs, headers)
-    check_same_tokenizer(pairs)
-    names = list(headers[0])
+    check_same_tokenizer([d for _, d in pairs])
     tensors = {
-        n: TensorInfo(n, tuple(headers[0][n]["shape"]), tuple(h[n]["dtype"] for h in headers),
-                      tuple((h[n]["file"], h[n]["offset"]) for h in headers))
-        for n in names
+        n: TensorInfo(n, h0.shape, tuple(h[n].dtype for h in headers), tuple((h[n].file, h[n].offset) for h in headers))
+        for n, h0 in headers[0].items()
     }
     traj = Trajectory([s for s, _ in pairs], [d for _, d in pairs], tensors)
     if check_finite:
@@ -382,68 +326,7 @@ def load_trajectory(
 # Headers and validation
 # ---------------------------------------------------------------------------------------------
 
-def read_safetensors_header(path: Path) -> dict[str, dict]:
-    """{name: {"dtype", "shape", "offset" (absolute), "nbytes"}} of one safetensors file, validated
-    against the file size and against the `safetensors` library's own parser."""
-    size = path.stat().st_size
-    try:
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n > size - 8:
-                raise ValueError(f"header of {n} bytes in a file of {size} bytes")
-            raw = json.loads(f.read(n))
-    except (struct.error, json.JSONDecodeError, UnicodeDecodeError, ValueError) as e:
-        raise ValueError(f"corrupt safetensors file {path}: {e}") from None
-    header = {}
-    for name, meta in raw.items():
-        if name == "__metadata__":
-            continue
-        begin, end = meta["data_offsets"]
-        nbytes = math.prod(meta["shape"]) * DTYPE_BYTES.get(meta["dtype"], 0)
-        if 8 + n + end > size:
-            raise ValueError(f"truncated safetensors file {path}: tensor {name} ends at byte {8 + n + end} "
-                             f"of a {size}-byte file")
-        if meta["dtype"] in DTYPE_BYTES and end - begin != nbytes:
-            raise ValueError(f"corrupt safetensors file {path}: tensor {name} has {end - begin} bytes for "
-                             f"shape {meta['shape']} {meta['dtype']}")
-        header[name] = {"dtype": meta["dtype"], "shape": list(meta["shape"]), "offset": 8 + n + begin,
-                        "nbytes": end - begin, "file": path}
-    try:  # the library's own checks (alignment, overlaps, ...)
-        with safe_open(str(path), framework="pt") as f:
-            f.keys()
-    except Exception as e:  # safetensors raises its own error types
-        raise ValueError(f"corrupt safetensors file {path}: {e}") from None
-    return header
-
-
-def read_weight_index(d: Path) -> dict[str, dict]:
-    """All tensors of one checkpoint directory (single file or shards listed in the index)."""
-    index = d / "model.safetensors.index.json"
-    single = d / "model.safetensors"
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as e:
-            raise ValueError(f"corrupt shard index {index}: {e}") from None
-        header: dict[str, dict] = {}
-        for fname in dict.fromkeys(weight_map.values()):
-            shard = d / fname
-            if not shard.is_file():
-                raise FileNotFoundError(f"shard {shard} listed in {index} does not exist")
-            part = read_safetensors_header(shard)
-            missing = [k for k, v in weight_map.items() if v == fname and k not in part]
-            if missing:
-                raise ValueError(f"{index} places {missing[:3]} in {shard}, which does not hold them")
-            header.update(part)
-        return header
-    if single.is_file():
-        return read_safetensors_header(single)
-    other = sorted(p.name for p in d.glob("*.bin")) + sorted(p.name for p in d.glob("*.pt"))
-    hint = f" (found {', '.join(other[:3])}: only safetensors are read, never pickle)" if other else ""
-    raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {d}{hint}")
-
-
-def check_same_tensors(pairs: list[tuple[int, Path]], headers: list[dict[str, dict]]) -> None:
+def check_same_tensors(pairs: list[tuple[int, Path]], headers: list[dict[str, TensorHeader]]) -> None:
     """ValueError naming the first few keys or shapes that differ from the first checkpoint."""
     ref = headers[0]
     for (step, d), h in zip(pairs[1:], headers[1:]):
@@ -452,38 +335,7 @@ def check_same_tensors(pairs: list[tuple[int, Path]], headers: list[dict[str, di
         if missing or extra:
             raise ValueError(f"checkpoint {d} (step {step}) has different tensors from {pairs[0][1]}: "
                              f"missing {missing[:5]}, extra {extra[:5]}")
-        shapes = [f"{k} {ref[k]['shape']} vs {h[k]['shape']}" for k in ref if ref[k]["shape"] != h[k]["shape"]]
+        shapes = [f"{k} {list(ref[k].shape)} vs {list(h[k].shape)}" for k in ref if ref[k].shape != h[k].shape]
         if shapes:
             raise ValueError(f"checkpoint {d} (step {step}) has tensors of different shapes from "
                              f"{pairs[0][1]}: " + "; ".join(shapes[:5]))
-
-
-def tokenizer_fingerprint(d: Path) -> str | None:
-    """Hash of what defines a tokenizer (vocabulary, merges, added tokens), or None without tokenizer.json.
-
-    Formatting and fields that libraries add on re-saving are ignored, so a base model's tokenizer and
-    the copy a trainer saved compare equal.
-    """
-    path = d / "tokenizer.json"
-    if not path.is_file():
-        return None
-    tok = json.loads(path.read_text())
-    model = tok.get("model", {})
-    merges = [" ".join(m) if isinstance(m, list) else m for m in model.get("merges", []) or []]
-    added = sorted((a.get("id"), a.get("content")) for a in tok.get("added_tokens", []) or [])
-    key = json.dumps([model.get("type"), model.get("vocab"), merges, added], sort_keys=True)
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-def check_same_tokenizer(pairs: list[tuple[int, Path]]) -> None:
-    """ValueError when two checkpoints carry tokenizer.json files that define different tokenizers."""
-    first: tuple[Path, str] | None = None
-    for _, d in pairs:
-        fp = tokenizer_fingerprint(d)
-        if fp is None:
-            continue
-        if first is None:
-            first = (d, fp)
-        elif fp != first[1]:
-            raise ValueError(f"tokenizers differ: {first[0] / 'tokenizer.json'} and {d / 'tokenizer.json'} "
-                             "define different vocabularies; these checkpoints are not one run")

@@ -9,7 +9,8 @@ import pytest
 import torch
 from trajectory_fixtures import fabricated_weights, make_run, stored_values, write_hf_dir
 
-from rlvr_nb.trajectory import find_checkpoints, load_trajectory, verl_merge_command
+from rlvr_nb.checkpoint_files import find_checkpoints, verl_merge_command
+from rlvr_nb.trajectory import load_trajectory
 
 STEPS = (0, 100, 200, 300, 500)
 
@@ -79,7 +80,7 @@ def test_missing_checkpoint_directory_in_explicit_list(tmp_path):
 
 def test_no_checkpoints(tmp_path):
     (tmp_path / "run" / "logs").mkdir(parents=True)
-    with pytest.raises(FileNotFoundError, match="no checkpoints found"):
+    with pytest.raises(FileNotFoundError, match="no complete checkpoints found"):
         find_checkpoints(tmp_path / "run")
 
 
