@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from transformers import Qwen2Config
 
-from rlvr_nb.extrapolate import write_safetensors
+from rlvr_nb.checkpoint_writes import write_safetensors
 from rlvr_nb.models import build_tokenizer
 
 WRITER = r"""
@@ -130,11 +130,10 @@ def main() -> None:
             sys.exit(f"writer failed:\n{out.stderr}")
         m = json.loads(out.stdout.strip().splitlines()[-1])
         # spot check: one extrapolated row equals base + 2 (second - base), rounded to bf16
-        from rlvr_nb.extrapolate import SafetensorsFile, weight_map
+        from rlvr_nb.checkpoint_files import read_rows, read_weight_index
 
         name = "model.layers.0.mlp.down_proj.weight"
-        rows = [SafetensorsFile(root / d / weight_map(root / d)[name]).read_rows(name, 0, 1).float()
-                for d in ("step_0", "step_300", "extra_600")]
+        rows = [read_rows(read_weight_index(root / d)[name], name, 0, 1).float() for d in ("step_0", "step_300", "extra_600")]
         ok = torch.equal(rows[2], (rows[0] + 2.0 * (rows[1] - rows[0])).to(torch.bfloat16).float())
 
     gib = 2**30

@@ -2,7 +2,7 @@
 
 A prompt is `abc+def=` (operands zero-padded to `digits`), the answer is the (digits + 1)-digit sum
 reversed, e.g. `123+989=` -> sum 1112 -> answer `2111`. A tiny transformer learns the reversed order far
-more easily (carries flow left to right), see `../shared/notes/tiny-scale-measurements.md`. The reward
+more easily (carries flow left to right: measured at tiny scale before this package). The reward
 is verifiable: 1 for an exact match of the whole response, else 0.
 """
 

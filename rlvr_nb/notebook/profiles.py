@@ -72,7 +72,7 @@ PARAMS: dict[str, dict[str, dict]] = {
         "cpu": {"seed": 0},
         "gpu": {"seed": 0, "model_path": "", "data_path": "", "n_gpus": 1},
     },
-    # 02_weight_linearity: (owned by the 02/03 notebook author). The comparisons and the sweep train the
+    # 02_weight_linearity: the comparisons and the sweep train the
     # embedded model (cached in runs/); smoke runs a two-point sweep into its output folder, cpu reads the
     # committed table (run_sweep=True recomputes it), gpu analyses the run_dir you give and shows cpu's table.
     "02_weight_linearity": {
@@ -92,7 +92,7 @@ PARAMS: dict[str, dict[str, dict]] = {
                 "sweep_prompts": [], "sweep_base_steps": 1000, "sweep_steps": [250, 500, 1000],
                 "sweep_combined": SWEEP_COMBINED, "responses_per_prompt": 8},
     },
-    # 03_logprob_linearity: (owned by the 02/03 notebook author). Probes: responses_per_prompt samples from
+    # 03_logprob_linearity: probes: responses_per_prompt samples from
     # the first checkpoint for each held-out prompt (gpu: one prompt per line of prompts_file).
     "03_logprob_linearity": {
         "smoke": {"run_dir": None, "sft_run_dir": None, "base_dir": None, "prompts_file": None,
@@ -105,7 +105,7 @@ PARAMS: dict[str, dict[str, dict]] = {
                 "responses_per_prompt": 8, "activation_probes": 64, "max_coordinates": 200_000, "compare": False,
                 "customary_sft_lr": 1e-3, "seq_steps": 500},
     },
-    # 04_lowpass_theory: (owned by the 04 notebook author)
+    # 04_lowpass_theory:
     # The noisy-SFT sweep (Fig. 3) and the robustness grid (Fig. 2) train the embedded model at every profile;
     # smoke reads the robustness table computed at cpu (notebooks/data/04_robustness_cpu.json).
     "04_lowpass_theory": {
@@ -124,7 +124,7 @@ PARAMS: dict[str, dict[str, dict]] = {
                 "estimators": ["grpo", "reinforce_pp"], "compute_robustness": False,
                 "robustness_cache": "notebooks/data/04_robustness_cpu.json", "seed": 0},
     },
-    # 05_extrapolation: (owned by the 05 notebook author). Steps are checkpoints of the profile's RL run
+    # 05_extrapolation: steps are checkpoints of the profile's RL run
     # (smoke: 40 steps, every 10; cpu: 1000 steps, every 50). sampling: [(temperature, top_p)], the first
     # is Figure 5's; Table 1 uses the paper's base/second/target ratio 200/1400/2000 (alpha 1.5).
     "05_extrapolation": {
@@ -139,7 +139,7 @@ PARAMS: dict[str, dict[str, dict]] = {
                 "logits_pairs": [(200, 1400)], "logits_alpha": 1.5, "slider_alpha": 1.5, "n_examples": 3,
                 "run_dir": "", "eval_data": ""},
     },
-    # 06_rl_extra: (owned by the 06 notebook author). Standard RL seed 0 is the profile's RL run (01); the
+    # 06_rl_extra: standard RL seed 0 is the profile's RL run (01); the
     # other seeds run std_steps. Every re-grounding run spends `budget` real steps; settings are (m, n).
     # target: held-out avg@k at T=1, fixed before the re-grounding runs (see the notebook for why 0.26).
     "06_rl_extra": {
