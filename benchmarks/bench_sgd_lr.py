@@ -24,7 +24,7 @@ from rlvr_nb.notebook import profiles
 from rlvr_nb.checkpoints import list_checkpoints, read_metrics
 from rlvr_nb.embedded import ensure_warm_start
 from rlvr_nb.grpo import train_rl
-from rlvr_nb.experiments.robustness import relative_weight_change
+from rlvr_nb.motion import relative_change
 
 
 def main() -> None:
@@ -50,7 +50,7 @@ def main() -> None:
             metrics = read_metrics(run)
             reward = np.mean([m["reward"] for m in metrics if "reward" in m][-20:])
             acc = [m["heldout_greedy"] for m in metrics if "heldout_greedy" in m]
-            print(f"{opt:>9} {lr:>8g} {relative_weight_change(ckpts[0][1], ckpts[-1][1]):>19.4f} {reward:>17.3f} "
+            print(f"{opt:>9} {lr:>8g} {relative_change(ckpts[0][1], ckpts[-1][1]):>19.4f} {reward:>17.3f} "
                   f"{acc[0]:.2f}->{acc[-1]:.2f} {seconds:>8.1f}", flush=True)
 
 

@@ -51,6 +51,7 @@ from pathlib import Path
 
 from IPython.display import display
 
+from rlvr_nb import paper
 from rlvr_nb.experiments import comparisons as cmp
 from rlvr_nb.notebook import profiles
 from rlvr_nb.embedded import ensure_rl_run, ensure_sft_run, repo_root
@@ -129,16 +130,17 @@ rows = [{"run": label, "checkpoints": len(res.steps), "median": res.overall.medi
          ">0.7": res.overall.frac_above, "weights kept": res.overall.count,
          "drift": res.drift.first if res.drift else float("nan"), "held-out acc (T=1)": cmp.describe_accuracy(runs[label])}
         for label, res in wl.items()]
-rows += [{"run": "paper RL", "checkpoints": 14, "median": cmp.PAPER_R2[("RL", "weight")], "mean": "", ">0.7": "> 0.70",
-          "weights kept": "0.1% sample", "drift": "", "held-out acc (T=1)": ""},
-         {"run": "paper SFT", "checkpoints": "", "median": cmp.PAPER_R2[("SFT", "weight")], "mean": "", ">0.7": "",
+rows += [{"run": "paper RL", "checkpoints": paper.N_CHECKPOINTS, "median": paper.RL_WEIGHT_R2, "mean": "",
+          ">0.7": f"> {paper.WEIGHT_FRAC_ABOVE:.2f}", "weights kept": f"{paper.SAMPLE_FRACTION:.1%} sample", "drift": "",
+          "held-out acc (T=1)": ""},
+         {"run": "paper SFT", "checkpoints": "", "median": paper.SFT_WEIGHT_R2, "mean": "", ">0.7": "",
           "weights kept": "", "drift": "", "held-out acc (T=1)": ""}]
 display(markdown_table(rows))
 o = wl["RL"].overall
-holds = cmp.weight_finding_holds(o.median, o.frac_above)
+holds = paper.weight_finding_holds(o.median, o.frac_above)
 print(f"finding (a) {'holds' if holds else 'does not hold'} on this run: RL weight R^2 median {o.median:.3f} "
-      f"(needs >= {cmp.FINDING_A['median']}), {o.frac_above:.1%} of {o.count:,} weights above 0.7 "
-      f"(needs > {cmp.FINDING_A['frac_above']:.0%})")
+      f"(needs >= {paper.FINDING_A['median']}), {o.frac_above:.1%} of {o.count:,} weights above {paper.R2_THRESHOLD} "
+      f"(needs > {paper.FINDING_A['frac_above']:.0%})")
 
 # %% [markdown]
 # ## RL against SFT, under four stated comparisons
@@ -173,8 +175,7 @@ else:
 
 # %%
 if P.compare:
-    fig = plot_comparison_medians(comp_rows, {"RL": cmp.PAPER_R2[("RL", "weight")], "SFT": cmp.PAPER_R2[("SFT", "weight")]},
-                                  title="weight R$^2$ median: RL vs SFT under each comparison")
+    fig = plot_comparison_medians(comp_rows, "weight", title="weight R$^2$ median: RL vs SFT under each comparison")
     save_figure(fig, "02_rl_vs_sft_comparisons")
     print(cmp.describe_comparisons(comp_rows, "weight"))
 
@@ -218,8 +219,8 @@ markdown_table(sweep_rows)
 # Which factors mattered, read from the table (the spread of each statistic across a factor's settings).
 # What to look for in the combined rows: token log-prob R² grows with the number of steps (the log-prob drift
 # grows while the checkpoint-to-checkpoint jitter does not), weight R² slowly falls with it, and more
-# rollouts per step raise both at a given length; the last line below lists the settings where both of
-# issue 4's findings hold.
+# rollouts per step raise both at a given length; the last line below lists the settings where findings (a)
+# and (b) both hold.
 # One factor is not in it: the warm start's short low-lr cool-down (`rlvr_nb.embedded`); without it every
 # trajectory began with the same jump of held-out greedy accuracy within its first checkpoint interval,
 # whatever the RL learning rate, which no learning rate could make linear.

@@ -61,7 +61,9 @@ from IPython.display import display
 
 from rlvr_nb import decomposition as dc
 from rlvr_nb import lowpass as lp
+from rlvr_nb import paper
 from rlvr_nb.notebook import profiles
+from rlvr_nb.experiments import lowpass_theory as lt
 from rlvr_nb.experiments import robustness as rb
 from rlvr_nb.embedded import ensure_rl_run, ensure_warm_start, matched_sft, repo_root
 from rlvr_nb.figures import save_figure
@@ -69,7 +71,7 @@ from rlvr_nb.models import load_model, load_tokenizer
 from rlvr_nb.notebook.report import markdown_table
 from rlvr_nb.sft import sequence_batch
 from rlvr_nb.tasks import AdditionTask
-from rlvr_nb.trajectory import find_checkpoints
+from rlvr_nb.checkpoint_files import find_checkpoints
 
 P = profiles.resolve("04_lowpass_theory", profile, theory_points=theory_points, sim_params=sim_params, snr_dbs=snr_dbs,
                      sft_high_lr=sft_high_lr, sft_steps=sft_steps, sft_ckpt_every=sft_ckpt_every,
@@ -119,7 +121,7 @@ P
 # its trajectories follow the same curve (triangles below).
 
 # %%
-T_demo = 14  # the paper's number of checkpoints (steps 0, 100, ..., 1300)
+T_demo = paper.N_CHECKPOINTS  # the paper's number of checkpoints (steps 0, 100, ..., 1300)
 markdown_table([{"lambda = drift / accumulated noise": lam,
                  "mean R^2": lp.expected_r2(lam / math.sqrt(T_demo - 1), T_demo),
                  "median R^2": lp.median_r2(lam / math.sqrt(T_demo - 1), T_demo),
@@ -127,7 +129,7 @@ markdown_table([{"lambda = drift / accumulated noise": lam,
                 for lam in (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)])
 
 # %%
-fig = lp.theory_figure(n_checkpoints=T_demo, n_params=P.sim_params, n_points=P.theory_points, seed=P.seed)
+fig = lt.theory_figure(n_checkpoints=T_demo, n_params=P.sim_params, n_points=P.theory_points, seed=P.seed)
 save_figure(fig, "04_theory")
 
 # %% [markdown]
@@ -138,7 +140,7 @@ save_figure(fig, "04_theory")
 # about 0.45. The left column is the regime the paper argues RLVR is in: a small drift under much noise.
 
 # %%
-fig = lp.failure_modes_figure(n_checkpoints=T_demo, n_params=P.sim_params, seed=P.seed)
+fig = lt.failure_modes_figure(n_checkpoints=T_demo, n_params=P.sim_params, seed=P.seed)
 save_figure(fig, "04_failure_modes")
 print(f"pure random walk (mu = 0), median R^2: {lp.median_r2(0.0, T_demo):.3f} at T = {T_demo}, "
       f"{lp.median_r2(0.0, 11):.3f} at T = 11 (the noisy-SFT runs below), "
@@ -150,7 +152,7 @@ print(f"pure random walk (mu = 0), median R^2: {lp.median_r2(0.0, T_demo):.3f} a
 # the figure below is drawn at the given values.
 
 # %%
-explorer = lp.snr_explorer(interactive, snr_db=-20.0, steps_between=100, n_checkpoints=T_demo, n_params=P.sim_params,
+explorer = lt.snr_explorer(interactive, snr_db=-20.0, steps_between=100, n_checkpoints=T_demo, n_params=P.sim_params,
                            n_points=P.theory_points, seed=P.seed)
 if interactive:
     display(explorer)
@@ -177,7 +179,7 @@ else:
 # zero-signal control $(0, 1)$.
 #
 # **Which learning rate.** At tiny scale, plain SFT at the RL learning rate is already about as linear as
-# RL (`shared/notes/tiny-scale-measurements.md`), which leaves nothing for noise to repair. So we run the
+# RL (02's "same lr and steps" comparison), which leaves nothing for noise to repair. So we run the
 # sweep twice: at `sft_high_lr` = 1e-3, the customary SFT rate for this model (the warm start's) and far
 # above the RL rate, where plain SFT reaches its held-out accuracy plateau early and then wanders (the
 # paper's non-linear SFT baseline: a drift that bends, then noise without drift), and at the RL run's own
@@ -195,7 +197,7 @@ markdown_table([{"setting": "plain SFT", "a": 1.0, "sigma": 0.0}]
 sft_bases = [matched_sft(rl, steps=P.sft_steps, lr=lr, ckpt_every=P.sft_ckpt_every) for lr in (P.sft_high_lr, rl.lr)]
 sft_settings = [s for base in sft_bases for s in rb.snr_settings(base, P.snr_dbs)]
 snr_rows = rb.sweep_rows(sft_settings, emb)
-fig = rb.plot_snr_sweep(snr_rows, paper={"median": 0.582, "baseline_median": 0.43})
+fig = rb.plot_snr_sweep(snr_rows, show_paper=True)
 save_figure(fig, "04_snr_sweep")
 
 # %% [markdown]
@@ -214,7 +216,8 @@ by_lr = {r["category"]: r for r in snr_rows if r["label"] == "plain SFT"}
 for cat, r in by_lr.items():
     print(f"{cat}: plain SFT weight R^2 median {r['median']:.3f} (mean {r['mean']:.3f}), held-out greedy accuracy "
           f"{r['acc_start']:.2f} -> {r['acc_end']:.2f}")
-print(f"paper: SFT baseline median ~0.43, peak median 0.582 at -10 dB; random-walk median at our "
+print(f"paper: SFT baseline median ~{paper.SNR_BASELINE_MEDIAN}, peak median {paper.SNR_PEAK_MEDIAN} at "
+      f"{paper.SNR_PEAK_DB:g} dB; random-walk median at our "
       f"{snr_rows[0]['checkpoints']} checkpoints: {lp.median_r2(0.0, snr_rows[0]['checkpoints']):.3f}")
 for cat in dict.fromkeys(r["category"] for r in snr_rows):
     print(rb.describe_snr_finding([r for r in snr_rows if r["category"] == cat]))
@@ -390,11 +393,11 @@ markdown_table(rb.table_rows(robust_rows, ["category", "label", "median", "q25",
                                            "active", "total", "rel_change", "drift_cos", "acc_start", "acc_end"]))
 
 # %%
-above = [r for r in robust_rows if r["median"] > 0.7]
+above = [r for r in robust_rows if r["median"] > paper.R2_THRESHOLD]
 unique = {r["run"]: r for r in robust_rows}
-print(f"{len({r['run'] for r in above})} of {len(unique)} runs have a median weight R^2 above 0.7 "
+print(f"{len({r['run'] for r in above})} of {len(unique)} runs have a median weight R^2 above {paper.R2_THRESHOLD} "
       f"(range {min(r['median'] for r in unique.values()):.3f} to {max(r['median'] for r in unique.values()):.3f}; "
-      f"paper: 0.73 to 0.87).")
+      "paper: {:g} to {:g}).".format(*paper.ROBUSTNESS_WEIGHT_R2_RANGE))
 for r in robust_rows:
-    if r["median"] <= 0.7:
-        print(f"  below 0.7: {r['category']}: {r['label']} (median {r['median']:.3f})")
+    if r["median"] <= paper.R2_THRESHOLD:
+        print(f"  below {paper.R2_THRESHOLD}: {r['category']}: {r['label']} (median {r['median']:.3f})")

@@ -61,15 +61,18 @@ import matplotlib.pyplot as plt
 import transformers
 from IPython.display import display
 
+from rlvr_nb import paper
 from rlvr_nb.notebook import profiles
 from rlvr_nb.checkpoints import list_checkpoints
 from rlvr_nb.embedded import ensure_rl_run
-from rlvr_nb.evaluate import EvalConfig
-from rlvr_nb.extrapolate import alpha_explorer, alpha_for, cache_response_logits
+from rlvr_nb.evaluate import EvalConfig, paired_difference
+from rlvr_nb.extrapolate import alpha_for, cache_response_logits
+from rlvr_nb.notebook.widgets import alpha_explorer
 from rlvr_nb.experiments.extrapolation_results import (
-    accuracy_grid, compare, displacement_cosine, distance_from, late_stage_decline, logits_extrapolation_rows,
-    plot_distance, plot_extrapolation_curves, rl_accuracy, summarize_extrapolation, weight_extrapolation_curves,
+    accuracy_grid, late_stage_decline, logits_extrapolation_rows, plot_distance, plot_extrapolation_curves,
+    rl_accuracy, summarize_extrapolation, weight_extrapolation_curves,
 )
+from rlvr_nb.motion import distance, segment_cosine
 from rlvr_nb.figures import save_figure
 from rlvr_nb.notebook.report import markdown_table
 from rlvr_nb.tasks import AdditionTask
@@ -132,7 +135,7 @@ curves = weight_extrapolation_curves(ckpts, t0, P.t_seconds, P.alphas, out_root,
                                      grader=grader, cache_dir=cache_dir, make_policy=make_policy)
 curves_late = weight_extrapolation_curves(ckpts, P.t_base_late, P.t_seconds_late, P.alphas, out_root, problems,
                                           cfgs[T_fig], grader=grader, cache_dir=cache_dir, make_policy=make_policy)
-distances = distance_from(ckpts, t0)
+distances = {s: distance(ckpts[t0], d) for s, d in sorted(ckpts.items())}  # ||W_s - W_t0|| for every checkpoint
 
 fig, axes = plt.subplots(1, 3, figsize=(18, 4.6), gridspec_kw={"width_ratios": [1.3, 1.3, 1]})
 plot_extrapolation_curves(axes[0], curves, t0, rl[T_fig], k=P.k,
@@ -172,19 +175,20 @@ for f in findings + findings_late:
     print(f.sentence())
 n_hold, n_late = sum(f.holds for f in findings), sum(f.holds for f in findings_late)
 n_rl = sum(bool(f.matches_or_beats_rl) for f in findings)
-print(f"\nfinding (e) at t_0 = {t0} (the paper's setting) {'holds' if n_hold == len(findings) else 'does not hold'}: "
+e_holds = paper.extrapolation_finding_holds([f.holds for f in findings])
+print(f"\nfinding (e) at t_0 = {t0} (the paper's setting) {'holds' if e_holds else 'does not hold'}: "
       f"{n_hold} of {len(findings)} curves rise above their t_1 checkpoint, peak and fall; {n_rl} of {len(findings)} "
       f"match or beat actual RL at some target step.")
 print(f"from t_0 = {P.t_base_late}: {n_late} of {len(findings_late)} curves rise, peak and fall; matches or beats "
       f"actual RL at steps {sorted({t for f in findings_late for _, t, _ in f.matches_or_beats_rl}) or 'none'}.")
 first, last = min(s for s in ckpts if s > t0), max(ckpts)
 window = first - t0
-late_move = distance_from(ckpts, last - window)[last]
+late_move = distance(ckpts[last - window], ckpts[last])
 print(f"how the weights move: the first {window} steps move the weights {distances[first]:.3f}, the last {window} "
       f"steps {late_move:.3f} ({distances[first] / late_move:.1f}x less); cos(W_{P.t_base_late} - W_{t0}, "
-      f"W_{last} - W_{P.t_base_late}) = {displacement_cosine(ckpts, t0, P.t_base_late, last):.2f}, against "
+      f"W_{last} - W_{P.t_base_late}) = {segment_cosine(ckpts[t0], ckpts[P.t_base_late], ckpts[last]):.2f}, against "
       f"cos(W_{max(P.t_seconds_late)} - W_{P.t_base_late}, W_{last} - W_{max(P.t_seconds_late)}) = "
-      f"{displacement_cosine(ckpts, P.t_base_late, max(P.t_seconds_late), last):.2f} later in the run")
+      f"{segment_cosine(ckpts[P.t_base_late], ckpts[max(P.t_seconds_late)], ckpts[last]):.2f} later in the run")
 
 # %% [markdown]
 # ## Output-space (logits) extrapolation (Table 1)
@@ -199,7 +203,9 @@ print(f"how the weights move: the first {window} steps move the weights {distanc
 # "Same step" is $t_1$: the extrapolation uses as many real RL steps as the $t_1$ checkpoint.
 
 # %%
-print(f"paper: alpha = alpha_for(200, 1400, 2000) = {alpha_for(200, 1400, 2000):g}, base/second = {200 / 1400:.2f}; "
+t_base_p, t_second_p, t_target_p = paper.TABLE1_STEPS
+print(f"paper: alpha = alpha_for({t_base_p}, {t_second_p}, {t_target_p}) = {alpha_for(*paper.TABLE1_STEPS):g}, "
+      f"base/second = {t_base_p / t_second_p:.2f}; "
       f"ours: alpha = {P.logits_alpha:g}, base/second = {', '.join(f'{b / s:.2f}' for b, s in P.logits_pairs)}")
 rows = logits_extrapolation_rows(ckpts, P.logits_pairs, P.logits_alpha, P.sampling, problems, cfgs[T_fig], rl,
                                  grader=grader, cache_dir=cache_dir, make_policy=make_logits_policy)
@@ -222,8 +228,9 @@ for r in rows:
           f"({r.rl_same_step.avg_at_k:.3f}; {r.vs_same_step}, {rel:+.1f}% relative); {at_target}")
 n_beats = sum(r.vs_same_step.verdict == "beats" for r in rows)
 rel_fig = [100 * (r.extrapolated.avg_at_k / r.rl_same_step.avg_at_k - 1) for r in rows if r.temperature == T_fig]
-print(f"mean relative gain over RL at the same step, T={T_fig:g}: {sum(rel_fig) / len(rel_fig):+.1f}% (paper: +4.2%)")
-print(f"\nfinding (g) {'holds' if n_beats == len(rows) else 'does not hold' if n_beats == 0 else 'holds in part'}: "
+print(f"mean relative gain over RL at the same step, T={T_fig:g}: {sum(rel_fig) / len(rel_fig):+.1f}% "
+      f"(paper: {paper.TABLE1_GAIN_PCT['average']:+.1f}%)")
+print(f"\nfinding (g) {paper.logits_finding(n_beats, len(rows))}: "
       f"logits extrapolation beats the RL checkpoint at the same step in {n_beats} of {len(rows)} rows.")
 late = {T: late_stage_decline(rl[T]) for T in rl}
 for T, l in late.items():
@@ -233,7 +240,7 @@ for r in rows:
         best = late[r.temperature]
         print(f"T={r.temperature:g}, {r.t_base} -> {r.t_second} (target {r.t_target:g}, beyond the run) against the best "
               f"RL checkpoint (step {best.best_step}, {best.best.avg_at_k:.3f}): "
-              f"{compare(r.extrapolated, best.best).verdict} ({compare(r.extrapolated, best.best)})")
+              f"{paired_difference(r.extrapolated, best.best).verdict} ({paired_difference(r.extrapolated, best.best)})")
 declines = [T for T, l in late.items() if l.declines]
 print("so extrapolation has a late-stage decline to avoid at T = " + ", ".join(f"{T:g}" for T in declines) if declines else
       "so our run has no late-stage decline for extrapolation to avoid: that half of (g) cannot be tested on it.")

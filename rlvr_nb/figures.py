@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 
+from rlvr_nb import paper
+
 if TYPE_CHECKING:  # only for annotations: save_figure stays importable without numba
     from rlvr_nb.linearity import Example, R2Summary
 
@@ -149,9 +151,10 @@ def plot_examples_by_run(runs: Mapping[str, tuple[Sequence[Example], Sequence[in
     return fig
 
 
-def plot_comparison_medians(rows: Sequence[dict], paper: Mapping[str, float], title: str) -> plt.Figure:
+def plot_comparison_medians(rows: Sequence[dict], what: str, title: str) -> plt.Figure:
     """Median R^2 of RL and SFT side by side under each comparison (rows of
-    `comparisons.comparison_rows`), with the paper's RL and SFT medians as dashed lines."""
+    `comparisons.comparison_rows`), with the paper's RL and SFT medians of `what` ("weight" or "token",
+    `paper.MEDIAN_R2`) as dashed lines."""
     rows = [r for r in rows if isinstance(r.get("RL median"), float) and r["comparison"] != "paper (Sec. 4)"]
     fig, ax = plt.subplots(figsize=(1.6 + 1.7 * len(rows), 3.6))
     x = np.arange(len(rows))
@@ -159,7 +162,8 @@ def plot_comparison_medians(rows: Sequence[dict], paper: Mapping[str, float], ti
         vals = [r[f"{kind} median"] for r in rows]
         bars = ax.bar(x + off, vals, width=0.36, color=COLORS[kind], label=f"{kind} (ours)")
         ax.bar_label(bars, fmt="%.2f", fontsize=7)
-        ax.axhline(paper[kind], color=COLORS[kind], ls="--", lw=1, label=f"{kind}, paper: {paper[kind]:.2f}")
+        ref = paper.MEDIAN_R2[(kind, what)]
+        ax.axhline(ref, color=COLORS[kind], ls="--", lw=1, label=f"{kind}, paper: {ref:.2f}")
     ax.set_xticks(x, [r["comparison"].replace(" ", "\n", 1) for r in rows], fontsize=8)
     ax.set_ylim(0, 1.3)
     ax.set_yticks(np.linspace(0, 1, 6))
@@ -170,9 +174,10 @@ def plot_comparison_medians(rows: Sequence[dict], paper: Mapping[str, float], ti
     return fig
 
 
-def plot_sweep(rows: Sequence[dict], target: float = 0.85) -> plt.Figure:
+def plot_sweep(rows: Sequence[dict], target: float = paper.FINDING_A["median"]) -> plt.Figure:
     """The tuning sweep: weight and token log-prob median R^2 and held-out accuracy gain per setting, one
-    panel per factor (each with the baseline), the findings' target as a dotted line."""
+    panel per factor (each with the baseline), the findings' target median as a dotted line (`paper.FINDING_A`,
+    the same as `paper.FINDING_B`)."""
     base = [r for r in rows if r["factor"] == "baseline"]
     factors = list(dict.fromkeys(r["factor"] for r in rows if r["factor"] != "baseline"))
     sizes = [sum(r["factor"] == f for r in rows) + len(base) for f in factors] or [1]

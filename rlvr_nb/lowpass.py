@@ -31,7 +31,9 @@ The two ways to lose linearity: a drift that itself curves with nothing to avera
 (`simulate_trajectories(mu=0)`, a pure random walk: median R^2 0.45 at 14 checkpoints).
 
 Figure 3's injected noise (`token_noise_weights`) lives here too: it is how the notebook turns the
-SNR knob of this theory on a real SFT run.
+SNR knob of this theory on a real SFT run. The R^2 of a simulated trajectory is the package's one R^2,
+`rlvr_nb.linearity.r2_against_steps`; 04's figures and widget of this theory are in
+`rlvr_nb.experiments.lowpass_theory`.
 """
 
 from __future__ import annotations
@@ -39,10 +41,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 
 # --------------------------------------------------------------------------------------------------
 # Units
@@ -65,36 +65,11 @@ def drift_to_noise(snr: float | np.ndarray, n_checkpoints: int, steps_between: i
 
 
 # --------------------------------------------------------------------------------------------------
-# R^2 of trajectories (a small self-contained float64 version; rlvr_nb.linearity holds the real engine)
-
-
-def r2_of_trajectories(steps: np.ndarray, W: np.ndarray) -> np.ndarray:
-    """R^2 of the least-squares line w ~ a + b t through each column of W (PAPER.md Sec. 4, weight linearity).
-
-    steps: [T], W: [T, P]. Returns [P] in float64; NaN where a trajectory is constant (SS_tot = 0).
-    """
-    t = np.asarray(steps, dtype=np.float64)  # [T]
-    W = np.asarray(W, dtype=np.float64)
-    if W.ndim == 1:
-        W = W[:, None]
-    if t.ndim != 1 or W.ndim != 2 or W.shape[0] != t.shape[0]:
-        raise ValueError(f"steps must be [T] and W [T, P]; got steps {t.shape} and W {W.shape}")
-    if t.shape[0] < 3:
-        raise ValueError(f"R^2 of a line needs at least 3 checkpoints, got {t.shape[0]}")
-    tc = t - t.mean()  # [T]
-    Wc = W - W.mean(axis=0, keepdims=True)  # [T, P]
-    slope = tc @ Wc / (tc @ tc)  # [P]
-    ss_tot = (Wc**2).sum(axis=0)  # [P]
-    ss_res = ((Wc - tc[:, None] * slope[None, :]) ** 2).sum(axis=0)  # [P]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(ss_tot > 0, 1.0 - ss_res / np.where(ss_tot > 0, ss_tot, 1.0), np.nan)
-
-
-# --------------------------------------------------------------------------------------------------
 # Theory: R^2 of drift + random walk read at T checkpoints
 
 
-def _check_walk(n_checkpoints: int, steps_between: int) -> None:
+def check_walk(n_checkpoints: int, steps_between: int) -> None:
+    """ValueError unless the walk is read at an integer T >= 3 checkpoints an integer K >= 1 steps apart."""
     if int(n_checkpoints) != n_checkpoints or n_checkpoints < 3:
         raise ValueError(f"n_checkpoints must be an integer >= 3 (R^2 of 2 points is always 1), got {n_checkpoints}")
     if int(steps_between) != steps_between or steps_between < 1:
@@ -127,7 +102,7 @@ def r2_ratio_approx(snr: float | np.ndarray, n_checkpoints: int, steps_between: 
     (0.61 vs the exact 0.44 at SNR = 0, T = 14; up to 0.19 too high); within 0.01 of `expected_r2`
     once that exceeds 0.96, within 0.005 above 0.97 (T = 5 to 50).
     """
-    _check_walk(n_checkpoints, steps_between)
+    check_walk(n_checkpoints, steps_between)
     T = n_checkpoints
     rho2 = np.asarray(snr, dtype=np.float64) ** 2 * steps_between
     out = 1.0 - 4.0 * (T * T - 4) / (5.0 * (T * T - 1) * (rho2 * T + 2.0))
@@ -216,7 +191,7 @@ def expected_r2(snr: float | np.ndarray, n_checkpoints: int, steps_between: int 
     depends only on T and rho = |snr| sqrt(K). E[R^2] = 1 - int_0^inf E[SS_res exp(-s SS_tot)] ds,
     each term a Gaussian integral, the outer one a trapezoid rule on log s (error < 1e-9).
     """
-    _check_walk(n_checkpoints, steps_between)
+    check_walk(n_checkpoints, steps_between)
     rho = np.abs(np.atleast_1d(np.asarray(snr, dtype=np.float64))) * math.sqrt(steps_between)
     if not np.all(np.isfinite(rho)):
         raise ValueError("snr must be finite")
@@ -229,7 +204,7 @@ def r2_quantile(q: float, snr: float | np.ndarray, n_checkpoints: int, steps_bet
 
     PAPER.md Sec. 5, low-pass filter. Same model and arguments as `expected_r2`; error < 1e-9.
     """
-    _check_walk(n_checkpoints, steps_between)
+    check_walk(n_checkpoints, steps_between)
     if not 0.0 < q < 1.0:
         raise ValueError(f"q must lie in (0, 1), got {q}")
     rho = np.abs(np.atleast_1d(np.asarray(snr, dtype=np.float64))) * math.sqrt(steps_between)
@@ -242,15 +217,6 @@ def r2_quantile(q: float, snr: float | np.ndarray, n_checkpoints: int, steps_bet
 def median_r2(snr: float | np.ndarray, n_checkpoints: int, steps_between: int = 1) -> float | np.ndarray:
     """Median R^2 of drift + random walk (the statistic the paper reports). See `r2_quantile`."""
     return r2_quantile(0.5, snr, n_checkpoints, steps_between)
-
-
-def r2_curved_drift(rate: float, n_checkpoints: int, steps_between: int) -> float:
-    """R^2 of a noiseless exponential approach w(t) = w* (1 - (1 - rate)^t): the curvature side of the filter."""
-    _check_walk(n_checkpoints, steps_between)
-    if not 0.0 < rate < 1.0:
-        raise ValueError(f"rate must lie in (0, 1), got {rate}")
-    t = np.arange(n_checkpoints) * steps_between
-    return float(r2_of_trajectories(t, 1.0 - (1.0 - rate) ** t)[0])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -284,7 +250,7 @@ def simulate_trajectories(
     moments m, v of g (no weight decay). Adam rescales drift and noise alike, so the SNR and R^2 stay as
     for the plain sum once K >> 1 / (1 - beta1). mu = 0 is the "no signal" side (a pure random walk).
     """
-    _check_walk(n_checkpoints, steps_between)
+    check_walk(n_checkpoints, steps_between)
     if sigma < 0 or n_params < 1:
         raise ValueError(f"need sigma >= 0 and n_params >= 1, got sigma={sigma}, n_params={n_params}")
     rng = np.random.default_rng(seed)
@@ -307,11 +273,6 @@ def simulate_trajectories(
     return W
 
 
-def simulate_no_signal(sigma: float, n_checkpoints: int, steps_between: int, n_params: int, seed: int = 0) -> np.ndarray:
-    """The "no signal" failure side: mu = 0, so each parameter is a pure random walk. Returns [T, P]."""
-    return simulate_trajectories(0.0, sigma, n_checkpoints, steps_between, n_params, seed=seed)
-
-
 def simulate_curved_drift(
     n_checkpoints: int,
     steps_between: int,
@@ -326,7 +287,7 @@ def simulate_curved_drift(
     that changes as it is minimised. rate is a float or one rate per parameter ([P], each in (0, 1)).
     With sigma = 0 nothing is noisy, yet R^2 < 1: after rate K (T - 1) e-foldings the path bends.
     """
-    _check_walk(n_checkpoints, steps_between)
+    check_walk(n_checkpoints, steps_between)
     rate = np.broadcast_to(np.asarray(rate, dtype=np.float64), (n_params,))
     if np.any(rate <= 0) or np.any(rate >= 1):
         raise ValueError("rate must lie in (0, 1)")
@@ -390,199 +351,3 @@ def token_noise_weights(
         return torch.ones(tuple(shape), device=device, dtype=dtype)
     signs = torch.randint(0, 2, tuple(shape), generator=generator, device=device).to(dtype) * 2 - 1
     return a + sigma * signs
-
-
-# --------------------------------------------------------------------------------------------------
-# Figures
-
-
-def _theory_curves(n_checkpoints: int, rho: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, median) of R^2 on a grid of per-checkpoint SNR rho; reused for every K (snr = rho / sqrt(K))."""
-    return _mean_r2_rho(rho, n_checkpoints), _quantile_r2_rho(0.5, rho, n_checkpoints)
-
-
-def theory_figure(
-    n_checkpoints: int = 14,
-    steps_between: Sequence[int] = (1, 10, 100),
-    snr_db_range: tuple[float, float] = (-45.0, 10.0),
-    sim_snr_db: Sequence[float] = (-40, -35, -30, -25, -20, -15, -10, -5, 0, 5, 10),
-    n_params: int = 400,
-    adam_steps_between: int | None = 100,
-    other_n_checkpoints: Sequence[int] = (5, 21),
-    seed: int = 0,
-    n_points: int = 60,
-) -> Figure:
-    """Closed-form mean and median R^2 against simulated trajectories, over the per-step SNR (dB).
-
-    (a) one curve pair per K at T = n_checkpoints, simulated means (o) and medians (s), and Adam
-    simulations (^) at K = adam_steps_between; (b) the same against the drift-to-noise ratio
-    lambda = SNR sqrt(K (T - 1)) for several T, with the ratio-of-expectations approximation (dotted).
-    n_points: theory points per curve (the exact median costs ~0.1 s a point: fewer for a quick draw).
-    """
-    _check_walk(n_checkpoints, min(steps_between))
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.4))
-    lo_db, hi_db = snr_db_range
-    rho = np.logspace((lo_db - 1) / 20, (hi_db + 1) / 20 + math.log10(math.sqrt(max(steps_between))), n_points)
-    mean, med = _theory_curves(n_checkpoints, rho)
-    steps_of = lambda K: np.arange(n_checkpoints) * K  # noqa: E731
-    for i, K in enumerate(steps_between):
-        color = f"C{i}"
-        x = snr_to_db(rho / math.sqrt(K))
-        keep = (x >= lo_db) & (x <= hi_db)
-        ax.plot(x[keep], mean[keep], color=color, label=f"K = {K}: mean (theory)")
-        ax.plot(x[keep], med[keep], color=color, ls="--", label=f"K = {K}: median (theory)")
-        sims = [r2_of_trajectories(steps_of(K), simulate_trajectories(db_to_snr(db), 1.0, n_checkpoints, K, n_params, seed=seed + j))
-                for j, db in enumerate(sim_snr_db)]
-        ax.plot(sim_snr_db, [s.mean() for s in sims], "o", color=color, ms=5)
-        ax.plot(sim_snr_db, [np.median(s) for s in sims], "s", color=color, ms=4, mfc="none")
-        if K == adam_steps_between:
-            adam = [r2_of_trajectories(steps_of(K), simulate_trajectories(db_to_snr(db), 1.0, n_checkpoints, K, n_params, adam=True,
-                                                                          seed=seed + j)) for j, db in enumerate(sim_snr_db)]
-            ax.plot(sim_snr_db, [np.median(s) for s in adam], "^", color=color, ms=6, mfc="none", label=f"K = {K}: Adam, median (sim.)")
-    ax.plot([], [], "ko", ms=5, label="simulated mean")
-    ax.plot([], [], "ks", ms=4, mfc="none", label="simulated median")
-    ax.set(xlabel="per-step SNR = mu / sigma (dB)", ylabel="R$^2$ of w(t) vs step", ylim=(0.3, 1.01),
-           title=f"(a) T = {n_checkpoints} checkpoints, K steps apart")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left")
-
-    lam = np.logspace(-2, 2, max(8, (2 * n_points) // 3))
-    for i, T in enumerate(sorted({n_checkpoints, *other_n_checkpoints})):
-        m_T, med_T = _theory_curves(T, lam / math.sqrt(T - 1))
-        bx.plot(lam, m_T, color=f"C{i}", label=f"T = {T}: mean")
-        bx.plot(lam, med_T, color=f"C{i}", ls="--", label=f"T = {T}: median")
-    bx.plot(lam, r2_ratio_approx(lam / math.sqrt(n_checkpoints - 1), n_checkpoints), "k:",
-            label=f"T = {n_checkpoints}: 1 - E[SS_res]/E[SS_tot]")
-    bx.set(xscale="log", xlabel="drift / accumulated noise  lambda = SNR sqrt(K (T-1))", ylim=(0.3, 1.01),
-           title="(b) the curves collapse onto lambda")
-    bx.grid(alpha=0.3)
-    bx.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    return fig
-
-
-def failure_modes_figure(
-    n_checkpoints: int = 14,
-    steps_between: int = 100,
-    snr_db: float = -25.0,
-    n_params: int = 1000,
-    e_foldings: tuple[float, float] = (1.0, 10.0),
-    seed: int = 0,
-    n_show: int = 6,
-) -> Figure:
-    """Three columns: drift + noise (filtered, linear), curved drift with no noise, noise with no signal.
-
-    Top: n_show example trajectories with their least-squares lines; bottom: the R^2 histogram of all
-    n_params. The curved drift draws each parameter's rate so that the run lasts between e_foldings[0]
-    and e_foldings[1] time constants (log-uniform), like directions of different curvature.
-    """
-    _check_walk(n_checkpoints, steps_between)
-    steps = np.arange(n_checkpoints) * steps_between
-    n_steps = steps[-1]
-    rng = np.random.default_rng(seed)
-    rates = np.exp(rng.uniform(*np.log(e_foldings), size=n_params)) / n_steps
-    cases = [
-        (f"drift + noise, SNR {snr_db:g} dB", simulate_trajectories(db_to_snr(snr_db), 1.0, n_checkpoints, steps_between, n_params, seed=seed)),
-        (f"curved drift, no noise ({e_foldings[0]:g}-{e_foldings[1]:g} e-foldings)",
-         simulate_curved_drift(n_checkpoints, steps_between, n_params, rates, seed=seed)),
-        ("noise, no signal (mu = 0)", simulate_trajectories(0.0, 1.0, n_checkpoints, steps_between, n_params, seed=seed)),
-    ]
-    fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
-    tc = steps - steps.mean()
-    for col, (title, W) in enumerate(cases):
-        r2 = r2_of_trajectories(steps, W)  # [P]
-        top, bottom = axes[0, col], axes[1, col]
-        for p in range(n_show):
-            w = W[:, p] / (np.abs(W[:, p]).max() + 1e-30)
-            fit = w.mean() + tc * (tc @ (w - w.mean())) / (tc @ tc)
-            top.plot(steps, w, "o-", color=f"C{p}", ms=3, lw=1)
-            top.plot(steps, fit, color=f"C{p}", lw=0.8, ls=":")
-        top.set(title=title, xlabel="step", ylabel="w(t) / max |w|")
-        bottom.hist(r2, bins=40, range=(0, 1), color="C0", alpha=0.7)
-        bottom.axvline(np.median(r2), color="k", ls="--", label=f"median {np.median(r2):.2f}")
-        bottom.set(xlabel="R$^2$", ylabel="parameters")
-        bottom.legend(fontsize=8)
-    fig.suptitle(f"T = {n_checkpoints} checkpoints, K = {steps_between} steps apart", fontsize=10)
-    fig.tight_layout()
-    return fig
-
-
-def explorer_figure(
-    snr_db: float,
-    steps_between: int,
-    n_checkpoints: int = 14,
-    n_params: int = 500,
-    seed: int = 0,
-    curve: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-) -> Figure:
-    """One setting of the filter: example trajectories, the R^2 histogram with the theory, the theory curve.
-
-    curve: (rho, mean, median) from a previous call's grid, so a slider redraw does not recompute it.
-    """
-    _check_walk(n_checkpoints, steps_between)
-    if curve is None:
-        rho = np.logspace(-3, 2.5, 45)
-        curve = (rho, *_theory_curves(n_checkpoints, rho))
-    rho, mean, med = curve
-    steps = np.arange(n_checkpoints) * steps_between
-    W = simulate_trajectories(db_to_snr(snr_db), 1.0, n_checkpoints, steps_between, n_params, seed=seed)
-    r2 = r2_of_trajectories(steps, W)
-    th_mean = expected_r2(db_to_snr(snr_db), n_checkpoints, steps_between)
-    th_med = median_r2(db_to_snr(snr_db), n_checkpoints, steps_between)
-    fig, (ax, bx, cx) = plt.subplots(1, 3, figsize=(13, 3.8))
-    for p in range(5):
-        ax.plot(steps, W[:, p], "o-", ms=3, lw=1)
-    ax.set(xlabel="step", ylabel="w(t)", title=f"SNR {snr_db:g} dB, K = {steps_between}")
-    bx.hist(r2, bins=40, range=(0, 1), color="C0", alpha=0.7, density=True)
-    bx.axvline(th_mean, color="k", label=f"theory mean {th_mean:.3f} (sim. {r2.mean():.3f})")
-    bx.axvline(th_med, color="k", ls="--", label=f"theory median {th_med:.3f} (sim. {np.median(r2):.3f})")
-    bx.set(xlabel="R$^2$", ylabel="density", title=f"{n_params} simulated parameters")
-    bx.legend(fontsize=7, loc="upper left")
-    x = snr_to_db(rho / math.sqrt(steps_between))
-    cx.plot(x, mean, label="mean")
-    cx.plot(x, med, ls="--", label="median")
-    cx.plot([snr_db], [th_med], "ko")
-    cx.set(xlim=(-50, 20), ylim=(0.3, 1.01), xlabel="per-step SNR (dB)", ylabel="R$^2$",
-           title=f"theory, T = {n_checkpoints}, K = {steps_between}")
-    cx.grid(alpha=0.3)
-    cx.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def snr_explorer(
-    interactive: bool,
-    snr_db: float = -20.0,
-    steps_between: int = 100,
-    n_checkpoints: int = 14,
-    n_params: int = 500,
-    seed: int = 0,
-    n_points: int = 45,
-):
-    """Sliders for the per-step SNR (dB) and K that redraw `explorer_figure`; or that figure, static.
-
-    interactive=True returns an ipywidgets VBox (sliders with continuous_update=False, wired with
-    `ipywidgets.interactive_output`); interactive=False (papermill) returns the matplotlib Figure at
-    the given values and opens no kernel comm. n_points: points of the theory curve (computed once).
-    """
-    rho = np.logspace(-3, 2.5, n_points)
-    curve = (rho, *_theory_curves(n_checkpoints, rho))  # computed once: K only rescales the SNR axis
-    if not interactive:
-        return explorer_figure(snr_db, steps_between, n_checkpoints, n_params, seed, curve)
-
-    import ipywidgets as widgets
-    from IPython.display import display
-
-    ks = sorted({1, 3, 10, 30, 100, 300, 1000, int(steps_between)})
-    snr_slider = widgets.FloatSlider(value=snr_db, min=-50.0, max=20.0, step=1.0, description="SNR (dB)",
-                                     continuous_update=False)
-    k_slider = widgets.SelectionSlider(options=ks, value=int(steps_between), description="K (steps)",
-                                       continuous_update=False)
-
-    def draw(snr_db: float, steps_between: int) -> None:
-        fig = explorer_figure(snr_db, steps_between, n_checkpoints, n_params, seed, curve)
-        display(fig)
-        plt.close(fig)
-
-    out = widgets.interactive_output(draw, {"snr_db": snr_slider, "steps_between": k_slider})
-    return widgets.VBox([widgets.HBox([snr_slider, k_slider]), out])

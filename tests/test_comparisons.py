@@ -12,7 +12,8 @@ from rlvr_nb.embedded import EmbeddedConfig, matched_sft
 from rlvr_nb.grpo import RLConfig
 from rlvr_nb.linearity import LinearityConfig, weight_linearity
 from rlvr_nb.logprobs import ProbeConfig, logprob_linearity, logprob_trajectories, probes_from_first_checkpoint
-from rlvr_nb.trajectory import find_checkpoints, load_trajectory
+from rlvr_nb.checkpoint_files import find_checkpoints
+from rlvr_nb.trajectory import load_trajectory
 
 RL = RLConfig(steps=200, prompts_per_step=4, group_size=8, lr=1e-4, ckpt_every=25)
 STEPS = tuple(range(0, 201, 25))
@@ -145,5 +146,3 @@ def test_rows_meeting_findings_needs_both_weight_and_token():
             {"setting": "d", "weight median": 0.9, "weight >0.7": 0.8, "token median": 0.849},
             {"setting": "e", "weight median": 0.9, "weight >0.7": 0.8, "token median": None}]
     assert cmp.rows_meeting_findings(rows) == ["a"]
-    assert cmp.weight_finding_holds(0.85, 0.701) and not cmp.weight_finding_holds(0.849, 0.9)
-    assert cmp.token_finding_holds(0.85) and not cmp.token_finding_holds(0.849) and not cmp.token_finding_holds(None)

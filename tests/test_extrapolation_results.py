@@ -1,5 +1,5 @@
-"""Sec. 6 read off: paired comparisons, finding (e) from a Figure 5 curve (peak, rise, fall, vs RL at the
-same step), Table 1 rows and the late-stage decline, weight distances, and a tiny end-to-end run."""
+"""Sec. 6 read off: finding (e) from a Figure 5 curve (peak, rise, fall, vs RL at the same step), Table 1 rows
+and the late-stage decline, the distance plot, and a tiny end-to-end run."""
 
 import json
 import math
@@ -14,9 +14,10 @@ import torch
 
 from rlvr_nb.evaluate import EvalConfig, EvalResult, mean_ci
 from rlvr_nb.experiments.extrapolation_results import (
-    accuracy_grid, compare, displacement_cosine, distance_from, late_stage_decline, logits_extrapolation_rows,
-    plot_distance, plot_extrapolation_curves, rl_accuracy, summarize_extrapolation, weight_extrapolation_curves,
+    accuracy_grid, late_stage_decline, logits_extrapolation_rows, plot_distance, plot_extrapolation_curves,
+    rl_accuracy, summarize_extrapolation, weight_extrapolation_curves,
 )
+from rlvr_nb.motion import distance, segment_cosine
 from rlvr_nb.models import ModelConfig, build_model, build_tokenizer
 from rlvr_nb.tasks import AdditionTask, TaskConfig
 
@@ -41,20 +42,6 @@ def shifted(base, delta):
 
 
 BASE_Q = [0.25, 0.5, 0.5, 0.75] * 25  # 100 questions
-
-
-def test_compare_is_paired_and_gives_verdicts():
-    a, b = result(BASE_Q), shifted(BASE_Q, 0.2)
-    c = compare(b, a)
-    assert c.diff == pytest.approx(0.15) and c.ci_low > 0 and c.verdict == "beats"
-    assert compare(a, b).verdict == "below"
-    assert compare(a, a).verdict == "matches" and compare(a, a).diff == 0
-    # unpaired CIs overlap, the paired one does not: noise shared by the questions cancels
-    noisy = result([0.0, 1.0] * 50)
-    up = result([0.05, 1.0] * 50)
-    assert up.ci_low < noisy.ci_high and compare(up, noisy).verdict == "beats"
-    with pytest.raises(ValueError, match="same non-empty question set"):
-        compare(a, result([0.5] * 3))
 
 
 def test_summarize_extrapolation_rise_peak_fall_and_rl_comparison():
@@ -123,13 +110,12 @@ def line_run(tmp_path_factory):
 
 
 def test_distance_and_cosine_of_a_straight_line(line_run):
+    """The measures 05 prints, on save_pretrained checkpoints of the tiny model (rlvr_nb.motion)."""
     ckpts, norm = line_run
-    d = distance_from(ckpts, 0)
+    d = {s: distance(ckpts[0], c) for s, c in ckpts.items()}
     assert d[0] == 0 and all(d[s] == pytest.approx(s / 10 * norm, rel=1e-5) for s in ckpts)
-    assert displacement_cosine(ckpts, 0, 20, 40) == pytest.approx(1.0, abs=1e-5)
-    assert displacement_cosine(ckpts, 20, 40, 0) == pytest.approx(-1.0, abs=1e-5)
-    with pytest.raises(ValueError, match="no checkpoint at step"):
-        distance_from(ckpts, 5)
+    assert segment_cosine(ckpts[0], ckpts[20], ckpts[40]) == pytest.approx(1.0, abs=1e-5)
+    assert segment_cosine(ckpts[20], ckpts[40], ckpts[0]) == pytest.approx(-1.0, abs=1e-5)
     fig, ax = plt.subplots()
     plot_distance(ax, d, 0)
     assert ax.get_xlabel() == "RL step t"

@@ -1,4 +1,6 @@
-"""Sec. 5 low-pass filter: the closed forms against Monte-Carlo, the failure sides, the injected noise."""
+"""Sec. 5 low-pass filter: the closed forms against Monte-Carlo, the failure sides, the injected noise, and
+04's figures of it (rlvr_nb.experiments.lowpass_theory). Simulated trajectories are scored with the package's
+one R^2, rlvr_nb.linearity.r2_against_steps."""
 
 import math
 
@@ -7,6 +9,8 @@ import pytest
 import torch
 
 from rlvr_nb import lowpass as lp
+from rlvr_nb.experiments import lowpass_theory as lt
+from rlvr_nb.linearity import r2_against_steps
 
 # Monte-Carlo size: the standard error of a mean or median R^2 is at most ~0.3 / sqrt(20000) = 0.002,
 # so the stated tolerance 0.01 is about 5 standard errors.
@@ -16,7 +20,7 @@ TOL = 0.01
 
 def mc_r2(snr: float, T: int, K: int, adam: bool = False, seed: int = 0, n: int = N_MC) -> np.ndarray:
     W = lp.simulate_trajectories(snr, 1.0, T, K, n, adam=adam, seed=seed)  # [T, n]
-    return lp.r2_of_trajectories(np.arange(T) * K, W)
+    return r2_against_steps(W, np.arange(T) * K)[0]
 
 
 @pytest.mark.parametrize("snr,T,K", [(0.0, 14, 1), (0.05, 14, 20), (0.2, 21, 5), (1.0, 5, 1), (0.3, 8, 10)])
@@ -32,7 +36,7 @@ def test_sign_noise_and_adam_follow_the_same_curve_once_k_is_long():
     snr, T, K = lp.db_to_snr(-20.0), 14, 50
     theory = lp.median_r2(snr, T, K)
     sign = lp.simulate_trajectories(snr, 1.0, T, K, 4000, noise="sign", seed=1)
-    assert abs(np.median(lp.r2_of_trajectories(np.arange(T) * K, sign)) - theory) < 0.02
+    assert abs(np.median(r2_against_steps(sign, np.arange(T) * K)[0]) - theory) < 0.02
     assert abs(np.median(mc_r2(snr, T, K, adam=True, seed=2, n=4000)) - theory) < 0.02
 
 
@@ -52,11 +56,11 @@ def test_sums_of_squares_match_their_closed_forms():
 
 
 def test_no_signal_is_the_random_walk_value():
-    # A pure random walk read at 14-21 checkpoints has median R^2 ~0.45 (notes/tiny-scale-measurements.md).
+    # A pure random walk read at 14-21 checkpoints has median R^2 ~0.45.
     for T in (14, 21):
         assert 0.43 < lp.median_r2(0.0, T) < 0.46
         assert 0.42 < lp.expected_r2(0.0, T) < 0.45
-    r2 = lp.r2_of_trajectories(np.arange(14) * 7, lp.simulate_no_signal(2.0, 14, 7, N_MC, seed=5))
+    r2 = r2_against_steps(lp.simulate_trajectories(0.0, 2.0, 14, 7, N_MC, seed=5), np.arange(14) * 7)[0]
     assert abs(np.median(r2) - lp.median_r2(0.0, 14)) < TOL
     # The ratio of expectations is far off here, which is why the exact mean is used.
     assert lp.r2_ratio_approx(0.0, 14) - lp.expected_r2(0.0, 14) > 0.1
@@ -65,33 +69,29 @@ def test_no_signal_is_the_random_walk_value():
 def test_perfectly_linear_gives_one():
     t = np.arange(14) * 100
     W = 3.0 + np.outer(t, np.linspace(-2, 2, 7))  # [T, 7] straight lines (one with slope 0 is constant)
-    r2 = lp.r2_of_trajectories(t, W)
+    r2 = r2_against_steps(W, t)[0]
     assert np.isnan(r2[3])  # constant: R^2 undefined
     np.testing.assert_allclose(np.delete(r2, 3), 1.0, atol=1e-12)
     noiseless = lp.simulate_trajectories(0.5, 0.0, 14, 100, 5, adam=True)
-    np.testing.assert_allclose(lp.r2_of_trajectories(t, noiseless), 1.0, atol=1e-12)
+    np.testing.assert_allclose(r2_against_steps(noiseless, t)[0], 1.0, atol=1e-12)
     assert lp.expected_r2(100.0, 14, 100) > 0.99999
     assert lp.median_r2(100.0, 14, 100) > 0.99999
 
 
-def test_r2_matches_polyfit():
-    rng = np.random.default_rng(0)
-    t, W = np.arange(9.0), rng.standard_normal((9, 5)).cumsum(0)
-    for p in range(5):
-        a, b = np.polyfit(t, W[:, p], 1)
-        res = W[:, p] - (a * t + b)
-        want = 1 - (res**2).sum() / ((W[:, p] - W[:, p].mean()) ** 2).sum()
-        assert lp.r2_of_trajectories(t, W)[p] == pytest.approx(want, abs=1e-12)
-
-
 def test_curved_drift_loses_linearity_without_any_noise():
     T, K = 14, 10
+    t = np.arange(T) * K
+
+    def exponential_r2(rate):  # R^2 of the noiseless approach w*(1 - (1 - rate)^t): scale-free in w*
+        return r2_against_steps((1.0 - (1.0 - rate) ** t)[:, None], t)[0][0]
+
     W = lp.simulate_curved_drift(T, K, 3, rate=0.02, seed=0)
-    r2 = lp.r2_of_trajectories(np.arange(T) * K, W)
-    np.testing.assert_allclose(r2, lp.r2_curved_drift(0.02, T, K), atol=1e-12)  # scale-free: same R^2 for each w*
-    values = [lp.r2_curved_drift(rate, T, K) for rate in (1e-4, 1e-3, 1e-2, 5e-2)]
+    np.testing.assert_allclose(r2_against_steps(W, t)[0], exponential_r2(0.02), atol=1e-12)
+    values = [exponential_r2(rate) for rate in (1e-4, 1e-3, 1e-2, 5e-2)]
     assert values[0] > 0.9999 and values[-1] < 0.8
     assert all(a > b for a, b in zip(values, values[1:]))
+    with pytest.raises(ValueError, match="rate"):
+        lp.simulate_curved_drift(T, K, 3, rate=1.5)
 
 
 def test_bad_inputs_raise():
@@ -99,8 +99,8 @@ def test_bad_inputs_raise():
         lp.expected_r2(0.1, 2)
     with pytest.raises(ValueError, match="steps_between"):
         lp.median_r2(0.1, 14, 0)
-    with pytest.raises(ValueError, match="W"):
-        lp.r2_of_trajectories(np.arange(5), np.zeros((4, 3)))
+    with pytest.raises(ValueError, match="n_checkpoints"):
+        lp.check_walk(14.5, 1)
     with pytest.raises(ValueError, match="noise"):
         lp.simulate_trajectories(0.1, 1.0, 5, 2, 3, noise="uniform")
 
@@ -141,10 +141,21 @@ def test_figures_and_explorer():
     import ipywidgets as widgets
     from matplotlib.figure import Figure
 
-    fig = lp.snr_explorer(False, snr_db=-15.0, steps_between=10, n_params=100)
+    fig = lt.snr_explorer(False, snr_db=-15.0, steps_between=10, n_params=100)
     assert isinstance(fig, Figure)
-    box = lp.snr_explorer(True, snr_db=-15.0, steps_between=10, n_params=100)
+    box = lt.snr_explorer(True, snr_db=-15.0, steps_between=10, n_params=100)
     assert isinstance(box, widgets.VBox)
     sliders = box.children[0].children
     assert [s.value for s in sliders] == [-15.0, 10] and not any(s.continuous_update for s in sliders)
-    assert isinstance(lp.failure_modes_figure(n_checkpoints=6, steps_between=5, n_params=50), Figure)
+    assert isinstance(lt.failure_modes_figure(n_checkpoints=6, steps_between=5, n_params=50), Figure)
+    assert isinstance(lt.theory_figure(n_checkpoints=6, steps_between=(1, 10), sim_snr_db=(-10, 0), n_params=20,
+                                       adam_steps_between=10, other_n_checkpoints=(5,), n_points=6), Figure)
+    with pytest.raises(ValueError, match="n_checkpoints"):
+        lt.theory_figure(n_checkpoints=2)
+
+
+def test_theory_curves_are_the_exact_mean_and_median():
+    rho = np.array([0.0, 0.1, 1.0])
+    mean, med = lt.theory_curves(9, rho)
+    np.testing.assert_array_equal(mean, [lp.expected_r2(r, 9) for r in rho])
+    np.testing.assert_array_equal(med, [lp.median_r2(r, 9) for r in rho])

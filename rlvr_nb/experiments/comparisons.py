@@ -1,9 +1,9 @@
 """PAPER.md Sec. 4 on the embedded model: RL against SFT under stated comparisons, and the sweep that tuned
 the embedded RL default.
 
-The paper reports SFT trajectories far less linear than RL (median R^2 of weights ~0.43 against ~0.85, of
-token log-probs ~0.34 against ~0.83) without saying what the two runs share. At tiny scale the answer
-depends on what is held equal (`../shared/notes/tiny-scale-measurements.md`), so `comparisons` builds the
+The paper reports SFT trajectories far less linear than RL (the medians of `rlvr_nb.paper.MEDIAN_R2`, for
+weights and for token log-probs) without saying what the two runs share. At tiny scale the answer
+depends on what is held equal (at the same learning rate SFT is about as linear as RL), so `comparisons` builds the
 contrast four ways, each an (RL trajectory, SFT trajectory) pair from the same warm start:
 
     same lr and steps        SFT at RL's learning rate, steps and checkpoint spacing, one sequence per prompt
@@ -31,6 +31,7 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from rlvr_nb import paper
 from rlvr_nb.checkpoints import read_metrics, to_jsonable
 from rlvr_nb.embedded import EmbeddedConfig, ensure_trajectory, matched_sft
 from rlvr_nb.grpo import RLConfig
@@ -38,13 +39,12 @@ from rlvr_nb.notebook.report import load_json_table, save_json_table
 from rlvr_nb.linearity import LinearityConfig, R2Summary, TrajectoryLinearity, weight_linearity
 from rlvr_nb.logprobs import Probe, logprob_linearity, logprob_trajectories, token_positions
 from rlvr_nb.sft import SFTConfig
-from rlvr_nb.trajectory import Trajectory, find_checkpoints, load_trajectory
+from rlvr_nb.checkpoint_files import find_checkpoints
+from rlvr_nb.trajectory import Trajectory, load_trajectory
 
-PAPER_R2 = {("RL", "weight"): 0.85, ("RL", "token"): 0.83, ("SFT", "weight"): 0.43, ("SFT", "token"): 0.34}
-"""The paper's medians (Sec. 4, Figure 1 and the SFT contrast)."""
 GAP_FRACTION = 0.5
 """A comparison "reproduces the paper's gap" when RL's median exceeds SFT's by at least this fraction of the
-paper's gap (0.42 for weights, 0.49 for token log-probs)."""
+paper's gap (`paper.MEDIAN_R2`: RL's median minus SFT's)."""
 
 
 @dataclass(frozen=True)
@@ -228,7 +228,7 @@ class Measurer:
 
 def reproduces_gap(rl_median: float, sft_median: float, what: str) -> bool:
     """Whether RL's median exceeds SFT's by at least GAP_FRACTION of the paper's gap (False if either is NaN)."""
-    paper_gap = PAPER_R2[("RL", what)] - PAPER_R2[("SFT", what)]
+    paper_gap = paper.MEDIAN_R2[("RL", what)] - paper.MEDIAN_R2[("SFT", what)]
     return bool(rl_median - sft_median >= GAP_FRACTION * paper_gap)
 
 
@@ -252,8 +252,8 @@ def comparison_rows(comps: Sequence[Comparison], measurer: Measurer, what: str =
                      "RL >0.7": round(r.frac_above, 3), "SFT >0.7": round(s.frac_above, 3),
                      "gap": round(r.median - s.median, 3),
                      "paper's gap?": gap_verdict(r, s, what)})
-    rl_p, sft_p = PAPER_R2[("RL", what)], PAPER_R2[("SFT", what)]
-    rows.append({"comparison": "paper (Sec. 4)", "RL run": "R1-Distill-1.5B, lr 1e-6", "SFT run": "not stated",
+    rl_p, sft_p = paper.MEDIAN_R2[("RL", what)], paper.MEDIAN_R2[("SFT", what)]
+    rows.append({"comparison": "paper (Sec. 4)", "RL run": paper.RL_RUN_LABEL, "SFT run": "not stated",
                  "RL acc gain": "", "SFT acc gain": "", "RL median": rl_p, "SFT median": sft_p,
                  "RL >0.7": "", "SFT >0.7": "", "gap": round(rl_p - sft_p, 2), "paper's gap?": ""})
     return rows
@@ -264,7 +264,7 @@ def describe_comparisons(rows: Sequence[dict], what: str = "weight") -> str:
     all_rows, rows = rows, [r for r in rows if r["paper's gap?"] in ("yes", "no")]
     yes = [r["comparison"] for r in rows if r["paper's gap?"] == "yes"]
     no = [r["comparison"] for r in rows if r["paper's gap?"] == "no"]
-    need = GAP_FRACTION * (PAPER_R2[("RL", what)] - PAPER_R2[("SFT", what)])
+    need = GAP_FRACTION * (paper.MEDIAN_R2[("RL", what)] - paper.MEDIAN_R2[("SFT", what)])
     parts = [f"{what} R^2: a gap of at least {need:.2f} (half the paper's) appears under "
              + (", ".join(f"'{n}'" for n in yes) if yes else "no comparison")]
     if no:
@@ -366,23 +366,7 @@ def sweep_factors(rows: Sequence[dict], key: str = "weight median") -> list[str]
     return out
 
 
-# What the embedded default must show (PAPER.md Sec. 4, at tiny scale): (a) RL weight R^2 median >= 0.85
-# with more than 70% of the weights above 0.7; (b) RL token log-prob R^2 median >= 0.85.
-FINDING_A = {"median": 0.85, "frac_above": 0.70}
-FINDING_B = {"median": 0.85}
-
-
-def weight_finding_holds(median: float, frac_above: float) -> bool:
-    """Finding (a) on one run's weight R^2 summary."""
-    return median >= FINDING_A["median"] and frac_above > FINDING_A["frac_above"]
-
-
-def token_finding_holds(median: float | None) -> bool:
-    """Finding (b) on one run's token log-prob R^2 median (None: not measured)."""
-    return median is not None and median >= FINDING_B["median"]
-
-
 def rows_meeting_findings(rows: Sequence[dict]) -> list[str]:
-    """Settings of the sweep rows where findings (a) and (b) both hold."""
-    return [r["setting"] for r in rows if weight_finding_holds(r["weight median"], r["weight >0.7"])
-            and token_finding_holds(r.get("token median"))]
+    """Settings of the sweep rows where findings (a) and (b) both hold (`rlvr_nb.paper`)."""
+    return [r["setting"] for r in rows if paper.weight_finding_holds(r["weight median"], r["weight >0.7"])
+            and paper.token_finding_holds(r.get("token median"))]

@@ -4,66 +4,30 @@
 - `weight_extrapolation_curves` + `summarize_extrapolation`: Figure 5 and finding (e), where the
   weight-extrapolated model peaks and where it matches or beats actual RL at the same step.
 - `logits_extrapolation_rows` + `late_stage_decline`: Table 1 and finding (g).
-- `distance_from`, `displacement_cosine`: how far and in which direction the weights move (is it a line?).
+- `plot_distance`: how far the weights moved from a base checkpoint (`rlvr_nb.motion.distance`).
 
 Every comparison is paired: two policies evaluated on the same held-out problems (with the same seed)
 differ question by question, and the confidence interval of that mean difference says whether one
-"beats", "matches" or is "below" the other (`compare`).
+"beats", "matches" or is "below" the other (`rlvr_nb.evaluate.paired_difference`).
 """
 
 from __future__ import annotations
 
 import math
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
-import torch
-from safetensors import safe_open
 from tqdm.auto import tqdm
 
-from rlvr_nb.evaluate import EvalConfig, EvalResult, Policy
+from rlvr_nb.evaluate import EvalConfig, EvalResult, PairedDifference, Policy, paired_difference
 from rlvr_nb.extrapolate import (
-    LogitsExtrapolationPolicy, evaluate_and_close, is_norm_weight, target_step_for,
-    weight_extrapolation_accuracy, weight_map,
+    LogitsExtrapolationPolicy, evaluate_and_close, target_step_for, weight_extrapolation_accuracy,
 )
 
 Checkpoints = Mapping[int, Path]  # step -> checkpoint directory
 Curve = Mapping[float, EvalResult]  # alpha -> evaluation of the extrapolated model
-
-
-# ----------------------------------------------------------------------------------------------------
-# Paired comparisons
-
-
-@dataclass
-class Comparison:
-    """avg@k of a minus avg@k of b, on the same questions, with a confidence interval over questions."""
-
-    diff: float
-    ci_low: float
-    ci_high: float
-
-    @property
-    def verdict(self) -> str:
-        """'beats' (interval above 0), 'below' (under 0) or 'matches' (contains 0)."""
-        return "beats" if self.ci_low > 0 else "below" if self.ci_high < 0 else "matches"
-
-    def __str__(self) -> str:
-        return f"{self.diff:+.3f} [{self.ci_low:+.3f}, {self.ci_high:+.3f}]"
-
-
-def compare(a: EvalResult, b: EvalResult, level: float = 0.95) -> Comparison:
-    """Paired difference of two evaluations on the same questions: mean of (a_q - b_q) +- z sd / sqrt(Q)."""
-    qa, qb = np.asarray(a.per_question, float), np.asarray(b.per_question, float)  # [Q], [Q]
-    if qa.shape != qb.shape or qa.size == 0:
-        raise ValueError(f"a paired comparison needs the same non-empty question set; got {qa.size} and {qb.size} questions")
-    d = qa - qb  # [Q]
-    m = float(d.mean())
-    half = 0.0 if d.size == 1 else statistics.NormalDist().inv_cdf(0.5 + level / 2) * float(d.std(ddof=1)) / math.sqrt(d.size)
-    return Comparison(m, m - half, m + half)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -120,11 +84,11 @@ class ExtrapolationFinding:
     peak_alpha: float
     peak_target: float
     peak: EvalResult
-    gain_at_peak: Comparison
+    gain_at_peak: PairedDifference
     """Peak minus the t_second checkpoint."""
-    drop_after_peak: Comparison | None
+    drop_after_peak: PairedDifference | None
     """The largest alpha minus the peak (None when the peak is the largest alpha)."""
-    vs_rl: list[tuple[float, float, Comparison]]
+    vs_rl: list[tuple[float, float, PairedDifference]]
     """(alpha, target step, extrapolated minus RL at that step) for each alpha > 1 whose target is an RL checkpoint."""
 
     @property
@@ -143,7 +107,7 @@ class ExtrapolationFinding:
         return self.rises and self.falls
 
     @property
-    def matches_or_beats_rl(self) -> list[tuple[float, float, Comparison]]:
+    def matches_or_beats_rl(self) -> list[tuple[float, float, PairedDifference]]:
         return [row for row in self.vs_rl if row[2].verdict in ("beats", "matches")]
 
     def sentence(self) -> str:
@@ -178,12 +142,12 @@ def summarize_extrapolation(curve: Curve, t_base: int, t_second: int, rl: Mappin
     for a in sorted(points):
         target = target_step_for(t_base, t_second, a)
         if a > 1 and float(target).is_integer() and int(target) in rl:
-            vs_rl.append((a, target, compare(points[a], rl[int(target)], level)))
+            vs_rl.append((a, target, paired_difference(points[a], rl[int(target)], level)))
     return ExtrapolationFinding(
         t_base=t_base, t_second=t_second, at_second=at_second, peak_alpha=peak_alpha,
         peak_target=target_step_for(t_base, t_second, peak_alpha), peak=points[peak_alpha],
-        gain_at_peak=compare(points[peak_alpha], at_second, level),
-        drop_after_peak=None if last == peak_alpha else compare(points[last], points[peak_alpha], level),
+        gain_at_peak=paired_difference(points[peak_alpha], at_second, level),
+        drop_after_peak=None if last == peak_alpha else paired_difference(points[last], points[peak_alpha], level),
         vs_rl=vs_rl)
 
 
@@ -204,10 +168,10 @@ class LogitsRow:
     extrapolated: EvalResult
     rl_same_step: EvalResult
     """The t_second checkpoint: as many real RL steps as the extrapolation used."""
-    vs_same_step: Comparison
+    vs_same_step: PairedDifference
     rl_target: EvalResult | None
     """The RL checkpoint at the target step; None when the target is beyond the run (or between checkpoints)."""
-    vs_target: Comparison | None
+    vs_target: PairedDifference | None
 
     def as_dict(self, last_step: int) -> dict:
         """A row for `rlvr_nb.notebook.report.markdown_table`."""
@@ -252,8 +216,8 @@ def logits_extrapolation_rows(checkpoints: Checkpoints, pairs: Sequence[tuple[in
         target = target_step_for(t_base, t_second, alpha)
         same = rl[temperature][t_second]
         at_target = rl[temperature].get(int(target)) if float(target).is_integer() else None
-        rows.append(LogitsRow(temperature, top_p, t_base, t_second, alpha, target, extra, same, compare(extra, same),
-                              at_target, compare(extra, at_target) if at_target else None))
+        rows.append(LogitsRow(temperature, top_p, t_base, t_second, alpha, target, extra, same, paired_difference(extra, same),
+                              at_target, paired_difference(extra, at_target) if at_target else None))
     return rows
 
 
@@ -265,7 +229,7 @@ class LateStage:
     best: EvalResult
     last_step: int
     last: EvalResult
-    last_vs_best: Comparison
+    last_vs_best: PairedDifference
 
     @property
     def declines(self) -> bool:
@@ -286,34 +250,7 @@ def late_stage_decline(rl: Mapping[int, EvalResult], level: float = 0.95) -> Lat
         raise ValueError("no RL checkpoints evaluated")
     best = max(sorted(rl), key=lambda s: rl[s].avg_at_k)
     last = max(rl)
-    return LateStage(best, rl[best], last, rl[last], compare(rl[last], rl[best], level))
-
-
-# ----------------------------------------------------------------------------------------------------
-# How the weights move
-
-
-@torch.no_grad()
-def distance_from(checkpoints: Checkpoints, base_step: int, include_norms: bool = True) -> dict[int, float]:
-    """||W_t - W_base||_2 over every float tensor, for each checkpoint t: a straight-line trajectory moves
-    the same distance per step throughout. Streamed tensor by tensor (one tensor of two checkpoints in memory)."""
-    _check_steps(checkpoints, [base_step], "distance_from")
-    base = Path(checkpoints[base_step])
-    base_map = weight_map(base)
-    out = {}
-    for step, d in sorted(checkpoints.items()):
-        wmap = weight_map(Path(d))
-        if set(wmap) != set(base_map):
-            raise ValueError(f"checkpoint at step {step} holds different tensors from the base at step {base_step}")
-        total = 0.0
-        for name in sorted(wmap):
-            if not include_norms and is_norm_weight(name):
-                continue
-            w, w0 = _tensor(Path(d), wmap[name], name), _tensor(base, base_map[name], name)
-            if w.is_floating_point():
-                total += float(((w.double() - w0.double()) ** 2).sum())
-        out[step] = math.sqrt(total)
-    return out
+    return LateStage(best, rl[best], last, rl[last], paired_difference(rl[last], rl[best], level))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -355,26 +292,3 @@ def plot_distance(ax, distances: Mapping[int, float], base_step: int) -> None:
     ax.set(xlabel="RL step t", ylabel="L2 distance", title=f"distance travelled from step {base_step}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-
-
-
-@torch.no_grad()
-def displacement_cosine(checkpoints: Checkpoints, s0: int, s1: int, s2: int) -> float:
-    """cos(W_s1 - W_s0, W_s2 - W_s1): 1 when the later segment continues the earlier one in a straight line."""
-    _check_steps(checkpoints, [s0, s1, s2], "displacement_cosine")
-    maps = [weight_map(Path(checkpoints[s])) for s in (s0, s1, s2)]
-    dot = n1 = n2 = 0.0
-    for name in sorted(maps[0]):
-        w0, w1, w2 = (_tensor(Path(checkpoints[s]), m[name], name) for s, m in zip((s0, s1, s2), maps))
-        if not w0.is_floating_point():
-            continue
-        a, b = (w1.double() - w0.double()).flatten(), (w2.double() - w1.double()).flatten()
-        dot, n1, n2 = dot + float(a @ b), n1 + float(a @ a), n2 + float(b @ b)
-    if n1 == 0 or n2 == 0:
-        raise ValueError(f"the weights do not move between steps {s0}, {s1} and {s2}")
-    return dot / math.sqrt(n1 * n2)
-
-
-def _tensor(ckpt: Path, file: str, name: str) -> torch.Tensor:
-    with safe_open(str(ckpt / file), "pt") as f:
-        return f.get_tensor(name)

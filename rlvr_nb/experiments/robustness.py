@@ -29,17 +29,19 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from safetensors.numpy import load_file
 from tqdm.auto import tqdm
 
+from rlvr_nb import paper
 from rlvr_nb.checkpoints import read_metrics, to_jsonable
 from rlvr_nb.embedded import EmbeddedConfig, ensure_trajectory
 from rlvr_nb.grpo import RLConfig
 from rlvr_nb.linearity import LinearityConfig, weight_linearity
+from rlvr_nb.motion import relative_change, segment_cosine
 from rlvr_nb.notebook.report import load_json_table, save_json_table
 from rlvr_nb.sft import SFTConfig
 from rlvr_nb.tasks import AdditionTask
-from rlvr_nb.trajectory import find_checkpoints, load_trajectory
+from rlvr_nb.checkpoint_files import find_checkpoints
+from rlvr_nb.trajectory import load_trajectory
 
 
 @dataclass(frozen=True)
@@ -84,40 +86,6 @@ def hist_std(hist: np.ndarray) -> float:
     return float(math.sqrt(max(float(hist @ (centres - mean) ** 2) / n, 0.0)))
 
 
-def relative_weight_change(dir0: str | Path, dir1: str | Path) -> float:
-    """||theta_1 - theta_0|| / ||theta_0|| over every floating tensor of two `save_pretrained` checkpoints."""
-    w0, w1 = load_file(str(Path(dir0) / "model.safetensors")), load_file(str(Path(dir1) / "model.safetensors"))
-    if w0.keys() != w1.keys():
-        raise ValueError(f"{dir0} and {dir1} hold different tensors: {sorted(set(w0) ^ set(w1))[:5]}")
-    num = den = 0.0
-    for name, a in w0.items():
-        if np.issubdtype(a.dtype, np.floating):
-            a64 = a.astype(np.float64)
-            num += float(((w1[name].astype(np.float64) - a64) ** 2).sum())
-            den += float((a64**2).sum())
-    return math.sqrt(num / den) if den > 0 else math.nan
-
-
-def _flat_weights(d: str | Path) -> np.ndarray:
-    w = load_file(str(Path(d) / "model.safetensors"))
-    return np.concatenate([w[k].astype(np.float64).ravel() for k in sorted(w)
-                           if np.issubdtype(w[k].dtype, np.floating)])
-
-
-def drift_consistency(dirs: Sequence[str | Path]) -> float:
-    """cos(theta_mid - theta_first, theta_last - theta_mid) over checkpoint directories in step order.
-
-    About 1 for a constant drift (a straight line in weight space), about 0 for a random walk, negative when
-    the second half undoes the first (hovering around an optimum). mid is the middle checkpoint.
-    """
-    if len(dirs) < 3:
-        raise ValueError(f"need at least 3 checkpoints, got {len(dirs)}")
-    w0, wm, w1 = (_flat_weights(d) for d in (dirs[0], dirs[len(dirs) // 2], dirs[-1]))
-    a, b = wm - w0, w1 - wm
-    den = float(np.linalg.norm(a) * np.linalg.norm(b))
-    return float(a @ b) / den if den > 0 else math.nan
-
-
 def accuracy_at(run_dir: str | Path, step: int) -> dict[str, float | None]:
     """Held-out greedy and sampled accuracy recorded at a checkpoint step (None when not recorded)."""
     rec = next((r for r in read_metrics(run_dir) if r.get("step") == step and "heldout_greedy" in r), {})
@@ -130,8 +98,9 @@ def weight_r2_row(run_dir: str | Path, max_step: int | None = None, cfg: Lineari
 
     Keys: median, mean (over all active scalars), std, q25, q75 (from the histogram), frac_above (> 0.7),
     active and total (scalars kept / considered), checkpoints, last_step, rel_change (relative weight change
-    from the first to the last analysed checkpoint), drift_cos (`drift_consistency`), acc_start, acc_end
-    (held-out greedy accuracy).
+    from the first to the last analysed checkpoint, `motion.relative_change`), drift_cos (`motion.segment_cosine`
+    of the first, middle and last checkpoint: about 1 for a constant drift, about 0 for a random walk, negative
+    when the second half undoes the first), acc_start, acc_end (held-out greedy accuracy).
     """
     pairs = find_checkpoints(run_dir)
     if max_step is not None:
@@ -147,8 +116,8 @@ def weight_r2_row(run_dir: str | Path, max_step: int | None = None, cfg: Lineari
         "std": round(hist_std(s.hist), 4), "q25": round(hist_quantile(s.hist, 0.25), 4),
         "q75": round(hist_quantile(s.hist, 0.75), 4), "frac_above": row["frac_above"],
         "active": row["count"], "total": row["total"], "checkpoints": len(pairs), "last_step": pairs[-1][0],
-        "rel_change": round(relative_weight_change(pairs[0][1], pairs[-1][1]), 4),
-        "drift_cos": round(drift_consistency([d for _, d in pairs]), 4),
+        "rel_change": round(relative_change(pairs[0][1], pairs[-1][1]), 4),
+        "drift_cos": round(segment_cosine(pairs[0][1], pairs[len(pairs) // 2][1], pairs[-1][1]), 4),
         "acc_start": accuracy_at(run_dir, pairs[0][0])["greedy"],
         "acc_end": accuracy_at(run_dir, pairs[-1][0])["greedy"],
     }
@@ -339,9 +308,11 @@ def cached_rows(path: str | Path, settings: Sequence[Setting], emb: EmbeddedConf
 # Findings
 
 
-def snr_finding(rows: Sequence[dict], moderate: Sequence[float] = (-5.0, -10.0, -15.0), lowest: float = -20.0,
-                stat: str = "median", margin: float = 0.02) -> dict:
-    """Finding (c) of PAPER.md Sec. 5 on the rows of one `snr_settings` sweep.
+def snr_finding(rows: Sequence[dict], moderate: Sequence[float] = paper.FINDING_C["moderate_db"],
+                lowest: float = paper.FINDING_C["lowest_db"], stat: str = "median",
+                margin: float = paper.FINDING_C["margin"]) -> dict:
+    """Finding (c) of PAPER.md Sec. 5 on the rows of one `snr_settings` sweep (`paper.snr_rises`,
+    `paper.snr_falls_back`).
 
     Holds when the best moderate-negative-SNR value of `stat` exceeds plain SFT's by more than `margin`,
     and both the lowest SNR and the zero-signal control fall back below that peak by more than `margin`.
@@ -356,8 +327,8 @@ def snr_finding(rows: Sequence[dict], moderate: Sequence[float] = (-5.0, -10.0, 
     peak_db = max(moderate, key=lambda db: by[f"{db:g} dB"][stat])
     peak = by[f"{peak_db:g} dB"][stat]
     low, zero = by[f"{lowest:g} dB"][stat], by["zero signal"][stat]
-    rises = peak > plain + margin
-    falls = low < peak - margin and zero < peak - margin
+    rises = paper.snr_rises(plain, peak, margin)
+    falls = paper.snr_falls_back(peak, low, zero, margin)
     return {"stat": stat, "plain": plain, "peak_db": peak_db, "peak": peak, "lowest_db": lowest, "lowest": low,
             "zero_signal": zero, "rises": rises, "falls_back": falls, "holds": rises and falls}
 
@@ -370,7 +341,8 @@ def describe_snr_finding(rows: Sequence[dict], **kw) -> str:
     except ValueError as e:
         return f"{cat}: finding (c) cannot be judged here ({e})."
     verdict = "holds" if f["holds"] else "does not hold"
-    why = [] if f["rises"] else [f"no moderate SNR beats plain SFT by more than {kw.get('margin', 0.02)}"]
+    margin = kw.get("margin", paper.FINDING_C["margin"])
+    why = [] if f["rises"] else [f"no moderate SNR beats plain SFT by more than {margin}"]
     if f["rises"] and not f["falls_back"]:
         why.append("the lowest SNR or the zero-signal control does not fall back below the peak")
     return (f"{cat}: finding (c) {verdict}: {f['stat']} R^2 plain SFT {f['plain']:.3f}, best moderate SNR "
@@ -382,11 +354,12 @@ def describe_snr_finding(rows: Sequence[dict], **kw) -> str:
 # Figures
 
 
-def plot_snr_sweep(rows: Sequence[dict], paper: dict | None = None) -> Figure:
+def plot_snr_sweep(rows: Sequence[dict], show_paper: bool = True) -> Figure:
     """Figure 3 on our model: weight R^2 (mean and median of active parameters) against the injected SNR,
     one panel per SFT learning rate, with plain SFT as dotted lines and the mean +/- std as a band.
 
-    paper: optional {"median": ..., "baseline_median": ...} to mark the paper's peak and baseline.
+    show_paper: mark the paper's peak median and SFT baseline median (`paper.SNR_PEAK_MEDIAN`,
+    `paper.SNR_BASELINE_MEDIAN`) as grey lines.
     """
     cats = list(dict.fromkeys(r["category"] for r in rows))
     fig, axes = plt.subplots(1, len(cats), figsize=(6.2 * len(cats), 4.3), squeeze=False, sharey=True)
@@ -408,10 +381,11 @@ def plot_snr_sweep(rows: Sequence[dict], paper: dict | None = None) -> Figure:
             i = int(np.nanargmax(med))
             ax.annotate(f"peak median\n{sweep[i]['label']}, {med[i]:.3f}", (x[i], med[i]), xytext=(30, -45),
                         textcoords="offset points", ha="left", fontsize=8, arrowprops={"arrowstyle": "->"})
-        if paper:
-            ax.axhline(paper["median"], color="0.5", ls="--", lw=0.8, label=f"paper: peak median {paper['median']}")
-            ax.axhline(paper["baseline_median"], color="0.5", ls="-.", lw=0.8,
-                       label=f"paper: SFT baseline median {paper['baseline_median']}")
+        if show_paper:
+            ax.axhline(paper.SNR_PEAK_MEDIAN, color="0.5", ls="--", lw=0.8,
+                       label=f"paper: peak median {paper.SNR_PEAK_MEDIAN}")
+            ax.axhline(paper.SNR_BASELINE_MEDIAN, color="0.5", ls="-.", lw=0.8,
+                       label=f"paper: SFT baseline median {paper.SNR_BASELINE_MEDIAN}")
         ax.set_xticks(x, [r["label"].replace(" dB", "") if not r["zero_signal"] else "zero\nsignal" for r in sweep])
         ax.set(xlabel="injected SNR (dB)", title=cat, ylim=(0, 1))
         ax.grid(alpha=0.3)
@@ -421,7 +395,7 @@ def plot_snr_sweep(rows: Sequence[dict], paper: dict | None = None) -> Figure:
     return fig
 
 
-def plot_robustness(rows: Sequence[dict], threshold: float = 0.7) -> Figure:
+def plot_robustness(rows: Sequence[dict], threshold: float = paper.R2_THRESHOLD) -> Figure:
     """Figure 2 (weights) on our model: median weight R^2 (dot) and interquartile range (bar) per setting,
     grouped by the factor varied, with the strong-linearity threshold dashed."""
     cats = list(dict.fromkeys(r["category"] for r in rows))
