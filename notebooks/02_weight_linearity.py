@@ -193,6 +193,8 @@ if P.compare:
 
 # %%
 sweep_path = repo_root() / P.sweep_file if P.sweep_file else figure_dir().parent / f"02_sweep_{profile}.json"
+if not P.run_sweep and not sweep_path.exists() and not P.sweep_file:  # the runner stages outputs: read the last one
+    sweep_path = repo_root() / "papermill_runs" / profile / sweep_path.name
 tuned = "smoke" if profile == "smoke" else "cpu"  # the sweep tunes the embedded default (gpu shows cpu's table)
 sweep_base = cmp.with_steps(profiles.rl_config(tuned, **P.sweep_base), P.sweep_base_steps)
 specs = cmp.sweep_specs(sweep_base, P.sweep_lrs, P.sweep_prompts, P.sweep_steps, P.sweep_combined)
