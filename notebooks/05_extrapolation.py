@@ -103,7 +103,7 @@ if profile == "gpu":  # vLLM samples; logits extrapolation is one two-stack mode
 
     def make_logits_policy(base, second, alpha):
         out = out_root / f"two-stack-{base.name}-{second.name}-alpha{alpha:g}"
-        return VllmPolicy(write_two_stack_checkpoint(base, second, out, alpha))
+        return VllmPolicy(write_two_stack_checkpoint(base, second, out, alpha, overwrite=True))
 
 print(f"run {run}: {len(ckpts)} checkpoints, steps {min(ckpts)}..{max(ckpts)}; {len(problems)} held-out problems, "
       f"avg@{P.k}, grader {grader!r}, sampling {P.sampling}")

@@ -64,14 +64,15 @@ from dataclasses import replace
 
 import numpy as np
 
+from rlvr_nb import paper
 from rlvr_nb.notebook import profiles
 from rlvr_nb.embedded import ensure_rl_run, runs_root
 from rlvr_nb.evaluate import EvalConfig
 from rlvr_nb.figures import save_figure
-from rlvr_nb.regrounding import (RegroundConfig, accuracy_curve, best_speedup, budget_rows,
-                                 ensure_regrounding_run, ensure_verl_standard_run, extrapolation_jump, models_at_real_steps,
-                                 plot_regrounding, r2_for_drift_to_noise, read_ledger, regrounding_alpha,
-                                 speedup_rows, speedup_summary, standard_models)
+from rlvr_nb.experiments.rl_extra import (accuracy_curve, best_speedup, budget_rows, ensure_regrounding_run,
+                                          ensure_verl_standard_run, extrapolation_jump, models_at_real_steps,
+                                          plot_regrounding, speedup_rows, speedup_summary, standard_models)
+from rlvr_nb.regrounding import RegroundConfig, r2_for_drift_to_noise, read_ledger, regrounding_alpha
 from rlvr_nb.notebook.report import markdown_table
 from rlvr_nb.tasks import AdditionTask
 
@@ -279,15 +280,18 @@ def fmt_speedup(r):
 
 
 bests = {"newest models": best_speedup(rows), "RL checkpoints": best_speedup(rows_rl)}
-holds = {how: b["speed-up"] >= 2 for how, (b, _) in bests.items()}
-print(f"finding (f), a speed-up >= 2x to accuracy {P.target} on the seed-mean curves (paper: 1.3x-1.8x, up to 6.1x):")
+holds = {how: paper.speedup_finding_holds(b["speed-up"]) for how, (b, _) in bests.items()}
+lo, hi = paper.SPEEDUP_TYPICAL
+print(f"finding (f), a speed-up >= {paper.FINDING_F['min_speedup']:g}x to accuracy {P.target} on the seed-mean curves "
+      f"(paper: {lo:g}x-{hi:g}x, up to {paper.SPEEDUP_MAX:g}x):")
 for how, (b, seeds_rows) in bests.items():
     print(f"  read at its {how}: {'holds' if holds[how] else 'does not hold'}; best {fmt_speedup(b)} with "
           f"{b['setting']} (per seed: {', '.join(fmt_speedup(r) for r in seeds_rows)})")
 for how, cs in (("newest models", curves), ("RL checkpoints", curves_rl)):
     deltas = {r["setting"]: r[f"Δ@{P.budget}"] for r in budget_rows(std, cs, [P.budget])[1:]}
     print(f"at {P.budget} real steps, re-grounding minus standard RL ({how}, seed mean): "
-          + ", ".join(f"{name} {d:+.3f}" for name, d in deltas.items()) + " (paper: +2.3% to +6.3%)")
+          + ", ".join(f"{name} {d:+.3f}" for name, d in deltas.items())
+          + " (paper: {:+.1f}% to {:+.1f}%)".format(min(paper.TABLE2_GAIN_PCT.values()), max(paper.TABLE2_GAIN_PCT.values())))
 if not all(holds.values()):
     print("tried: " + "; ".join(f"{name} (alpha {regrounding_alpha(c.m, c.n):g}, {c.optimizer} optimizer)"
                                 for name, c in {**configs, **reset_configs}.items())

@@ -16,7 +16,6 @@ Frobenius norms over every non-padding token position (attention_mask == 1) and 
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Sequence
@@ -30,8 +29,9 @@ from matplotlib.figure import Figure
 from torch import nn
 from tqdm.auto import tqdm
 
+from rlvr_nb.checkpoint_files import find_checkpoints, read_step
+
 LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
-STEP_DIR = re.compile(r"(?:step_|checkpoint-|global_step_)(\d+)")
 
 
 @dataclass
@@ -220,35 +220,24 @@ class PairChange:
         return {"step0": self.step0, "step1": self.step1, **total_change(self.records)}
 
 
-def checkpoint_step(path: str | Path) -> int:
-    """Training step of a checkpoint directory: trainer_state.json's "step", else the number in step_N/checkpoint-N."""
-    path = Path(path)
-    state = path / "trainer_state.json"
-    if state.is_file():
-        data = json.loads(state.read_text())
-        for key in ("step", "global_step"):
-            if key in data:
-                return int(data[key])
-    m = STEP_DIR.search(path.name) or STEP_DIR.search(str(path))
-    if m:
-        return int(m.group(1))
-    raise ValueError(f"cannot tell the step of {path}: no trainer_state.json with a step and no step_N in its path")
-
-
 def trajectory_decomposition(
-    checkpoints: Sequence[str | Path] | Sequence[tuple[int, str | Path]],
+    checkpoints: str | Path | Sequence[str | Path] | Sequence[tuple[int, str | Path]],
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     batch_size: int = 64,
     progress: bool = True,
 ) -> list[PairChange]:
-    """The decomposition for every consecutive pair of checkpoints (directories, or (step, dir) pairs as
-    returned by `rlvr_nb.trajectory.find_checkpoints`), sorted by step. Each model is loaded once."""
+    """The decomposition for every consecutive pair of checkpoints, sorted by step. Each model is loaded once.
+
+    checkpoints: a run directory (its complete checkpoints, `rlvr_nb.checkpoint_files.find_checkpoints`),
+    checkpoint directories (steps read by `rlvr_nb.checkpoint_files.read_step`) or (step, dir) pairs."""
     from rlvr_nb.models import load_model
 
+    if isinstance(checkpoints, (str, Path)):
+        checkpoints = find_checkpoints(checkpoints)
     if len(checkpoints) < 2:
         raise ValueError(f"need at least 2 checkpoints, got {len(checkpoints)}")
-    pairs = [(int(c[0]), Path(c[1])) if isinstance(c, tuple) else (checkpoint_step(c), Path(c)) for c in checkpoints]
+    pairs = [(int(c[0]), Path(c[1])) if isinstance(c, tuple) else (read_step(c), Path(c)) for c in checkpoints]
     pairs.sort(key=lambda sp: sp[0])
     for _, p in pairs:
         if not p.is_dir():

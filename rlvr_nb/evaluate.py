@@ -18,9 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import statistics
-import tempfile
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,15 +29,16 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
+from rlvr_nb.checkpoint_files import TOKENIZER_FILES, WEIGHT_INDEX, read_safetensors_header, weight_files
+from rlvr_nb.checkpoint_writes import write_json
 from rlvr_nb.models import load_model, load_tokenizer
 from rlvr_nb.sampling import decode_responses, encode_prompts, generate
 from rlvr_nb.tasks import Problem, exact_match_reward
 
 CACHE_VERSION = 1  # bump when the cached JSON or the sampling procedure changes meaning
 CONTENT_HASH_MAX_BYTES = 1 << 30  # checkpoints up to 1 GiB are fingerprinted by content, larger by metadata
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
-SMALL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-               "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja")
+SMALL_FILES = ("config.json", *TOKENIZER_FILES)
+"""Hashed into a checkpoint's fingerprint beside its weights (`checkpoint_fingerprint`)."""
 
 Grader = Callable[[str, str], float]
 
@@ -208,19 +207,52 @@ def avg_at_k(correct: np.ndarray) -> float:
     return float(correct.mean(axis=1).mean())
 
 
+def _normal_interval(values: Sequence[float], level: float) -> tuple[float, float]:
+    """(mean, half width z sd / sqrt(Q)) of per-question values, z the normal quantile of `level`;
+    the half width is 0 for one value. The one interval formula of the package."""
+    v = np.asarray(values, dtype=np.float64)
+    m = float(v.mean())
+    if v.size == 1:
+        return m, 0.0
+    return m, statistics.NormalDist().inv_cdf(0.5 + level / 2) * float(v.std(ddof=1)) / math.sqrt(v.size)
+
+
 def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
     """Normal-approximation confidence interval of a mean over questions: mean +- z * sd / sqrt(Q),
     clipped to [0, 1]. The questions are the sampling unit (the k samples of one question are not
     independent evidence about the eval set); with one question the interval is the point."""
-    v = np.asarray(values, dtype=np.float64)
-    if v.size == 0:
+    if len(values) == 0:
         raise ValueError("no values to average")
-    m = float(v.mean())
-    if v.size == 1:
-        return m, m
-    z = statistics.NormalDist().inv_cdf(0.5 + level / 2)
-    half = z * float(v.std(ddof=1)) / math.sqrt(v.size)
+    m, half = _normal_interval(values, level)
     return max(0.0, m - half), min(1.0, m + half)
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """avg@k of a minus avg@k of b on the same questions, with a confidence interval over questions."""
+
+    diff: float
+    ci_low: float
+    ci_high: float
+
+    @property
+    def verdict(self) -> str:
+        """'beats' (interval above 0), 'below' (under 0) or 'matches' (contains 0)."""
+        return "beats" if self.ci_low > 0 else "below" if self.ci_high < 0 else "matches"
+
+    def __str__(self) -> str:
+        return f"{self.diff:+.3f} [{self.ci_low:+.3f}, {self.ci_high:+.3f}]"
+
+
+def paired_difference(a: EvalResult, b: EvalResult, level: float = 0.95) -> PairedDifference:
+    """Paired difference of two evaluations on the same questions (same order, same seed): the mean of
+    a_q - b_q +- z sd / sqrt(Q), not clipped. Close policies sampled with common random numbers differ far
+    less than each one's own interval says, which is why comparisons are made this way."""
+    qa, qb = np.asarray(a.per_question, float), np.asarray(b.per_question, float)  # [Q], [Q]
+    if qa.shape != qb.shape or qa.size == 0:
+        raise ValueError(f"a paired comparison needs the same non-empty question set; got {qa.size} and {qb.size} questions")
+    m, half = _normal_interval(qa - qb, level)
+    return PairedDifference(m, m - half, m + half)
 
 
 def default_pass_ks(k: int) -> list[int]:
@@ -268,8 +300,7 @@ class ModelPolicy:
             path = Path(path)
             if not path.is_dir():
                 raise FileNotFoundError(f"no checkpoint directory at {path}")
-            if not any((path / f).exists() for f in WEIGHT_FILES):
-                raise FileNotFoundError(f"{path} holds no model.safetensors (or sharded index)")
+            weight_files(path)  # FileNotFoundError naming the directory when it holds no safetensors weights
         self.path = path
         self.label = label or (path.name if path is not None else type(model).__name__)
         self.dtype = dtype
@@ -330,11 +361,8 @@ def checkpoint_fingerprint(path: str | Path) -> str:
     CONTENT_HASH_MAX_BYTES are hashed by content (so a re-trained identical checkpoint hits the cache);
     larger ones by name, size, mtime and safetensors header."""
     path = Path(path)
-    weights = [path / f for f in WEIGHT_FILES if (path / f).exists()]
-    index = path / "model.safetensors.index.json"
-    if index.exists():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        weights += [path / s for s in shards]
+    index = path / WEIGHT_INDEX
+    weights = ([index] if index.is_file() else []) + sorted(weight_files(path), key=lambda f: f.name)
     by_content = sum(f.stat().st_size for f in weights) <= CONTENT_HASH_MAX_BYTES
     h = hashlib.sha256(f"checkpoint v{CACHE_VERSION}".encode())
     for f in weights:
@@ -345,6 +373,7 @@ def checkpoint_fingerprint(path: str | Path) -> str:
             st = f.stat()
             h.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
             if f.suffix == ".safetensors":
+                read_safetensors_header(f)  # one clear error naming a corrupt file (not a MemoryError)
                 with open(f, "rb") as fh:
                     n = int.from_bytes(fh.read(8), "little")
                     h.update(fh.read(n))
@@ -431,7 +460,7 @@ def evaluate(
                   "n_questions": len(problems)},
     )
     if cache_file is not None:
-        _write_json_atomic(cache_file, result.to_json())
+        write_json(cache_file, result.to_json(), indent=None)
     return result
 
 
@@ -449,11 +478,3 @@ def sample_responses(policy: Policy, prompts: Sequence[str], cfg: EvalConfig, pr
                                           top_p=cfg.top_p, generator=g)  # [B, N]
         out += decode_responses(tok, tokens, resp_mask)
     return [out[i * cfg.k : (i + 1) * cfg.k] for i in range(len(prompts))]
-
-
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f)
-    os.replace(tmp, path)

@@ -9,6 +9,7 @@ import torch
 from matplotlib.figure import Figure
 
 from rlvr_nb import decomposition as dc
+from rlvr_nb.checkpoint_files import CheckpointError
 from rlvr_nb.models import ModelConfig, build_model, build_tokenizer
 
 
@@ -138,6 +139,8 @@ def test_trajectory_of_saved_checkpoints(tmp_path, model0, tok, batch):
     assert totals["step1"] == 200 and 0 < totals["second_order_fraction"] < 0.05
     same = dc.trajectory_decomposition([(0, dirs[0]), (1, dirs[1])], *batch, progress=False)
     assert same[0].step1 == 1
+    whole = dc.trajectory_decomposition(tmp_path, *batch, progress=False)  # the run directory, found by the layer
+    assert [(p.step0, p.step1) for p in whole] == [(0, 100), (100, 200)]
     assert isinstance(dc.plot_trajectory_decomposition(pairs), Figure)
     assert isinstance(dc.plot_layer_decomposition(pairs[0].records), Figure)
     values = dc.output_change_values(model0, perturbed(model0, 1e-2), *batch, "model.layers.1.mlp.down_proj")
@@ -171,5 +174,11 @@ def test_bad_inputs_raise(model0, tok, batch, tmp_path):
         dc.trajectory_decomposition([tmp_path], ids, mask)
     with pytest.raises(ValueError, match="no nn.Linear named"):
         dc.output_change_values(model0, model0, ids, mask, "model.embed_tokens")
-    with pytest.raises(ValueError, match="cannot tell the step"):
-        dc.checkpoint_step(tmp_path / "final")
+    for name in ("final", "checkpoint-\u0663\u0663"):  # no step; non-ASCII digits are no step either
+        (tmp_path / name).mkdir()
+    with pytest.raises(CheckpointError, match="cannot tell the step of .*final"):
+        dc.trajectory_decomposition([tmp_path / "final", tmp_path / "checkpoint-\u0663\u0663"], ids, mask)
+    with pytest.raises(CheckpointError, match="cannot tell the step of .*checkpoint-\u0663\u0663"):
+        dc.trajectory_decomposition([tmp_path / "checkpoint-\u0663\u0663", tmp_path / "final"], ids, mask)
+    with pytest.raises(FileNotFoundError, match="no complete checkpoints"):
+        dc.trajectory_decomposition(tmp_path / "final", ids, mask)  # a run directory without checkpoints

@@ -5,8 +5,11 @@ from math import comb
 import pytest
 import torch
 
+import rlvr_nb.evaluate as ev
+from rlvr_nb.checkpoint_files import CheckpointError
 from rlvr_nb.evaluate import (
-    EvalConfig, ModelPolicy, evaluate, extract_boxed, get_grader, math_grader, mean_ci, pass_at_k,
+    EvalConfig, EvalResult, ModelPolicy, checkpoint_fingerprint, evaluate, extract_boxed, get_grader, math_grader,
+    mean_ci, paired_difference, pass_at_k,
 )
 from rlvr_nb.models import ModelConfig, build_model, build_tokenizer
 from rlvr_nb.sampling import encode_prompts
@@ -104,6 +107,39 @@ def test_mean_ci():
     lo_small, hi_small = mean_ci([0.0, 1.0] * 5)
     assert hi_small - lo_small > hi - lo
     assert mean_ci([1.0, 1.0, 1.0]) == (1.0, 1.0)
+    assert mean_ci([0.3]) == (0.3, 0.3)
+    with pytest.raises(ValueError, match="no values"):
+        mean_ci([])
+
+
+def scored(per_question, k=4):
+    lo, hi = mean_ci(per_question)
+    return EvalResult(avg_at_k=sum(per_question) / len(per_question), ci_low=lo, ci_high=hi, pass_at_k={1: 0.0},
+                      per_question=list(per_question), n_correct=[round(p * k) for p in per_question], k=k)
+
+
+def test_paired_difference_is_paired_and_gives_verdicts():
+    base = [0.25, 0.5, 0.5, 0.75] * 25  # 100 questions
+    a = scored(base)
+    b = scored([min(1.0, p + (0.2 if i % 2 == 0 else 0.1)) for i, p in enumerate(base)])
+    c = paired_difference(b, a)
+    assert c.diff == pytest.approx(0.15) and c.ci_low > 0 and c.verdict == "beats"
+    assert paired_difference(a, b).verdict == "below"
+    assert paired_difference(a, a).verdict == "matches" and paired_difference(a, a).diff == 0
+    # the half width is z sd / sqrt(Q) of the per-question differences, not clipped to [0, 1]
+    d = [q - p for p, q in zip(base, b.per_question)]
+    mean = sum(d) / len(d)
+    sd = (sum((x - mean) ** 2 for x in d) / (len(d) - 1)) ** 0.5
+    assert c.ci_high - c.diff == pytest.approx(1.959964 * sd / 10, rel=1e-6)
+    assert paired_difference(scored([0.0] * 10), scored([1.0] * 10)).ci_low == -1.0
+    # unpaired CIs overlap, the paired one does not: noise shared by the questions cancels
+    noisy, up = scored([0.0, 1.0] * 50), scored([0.05, 1.0] * 50)
+    assert up.ci_low < noisy.ci_high and paired_difference(up, noisy).verdict == "beats"
+    assert str(paired_difference(up, noisy)) == "+0.025 [+0.020, +0.030]"
+    one = paired_difference(scored([1.0]), scored([0.5]))
+    assert (one.diff, one.ci_low, one.ci_high) == (0.5, 0.5, 0.5)
+    with pytest.raises(ValueError, match="same non-empty question set"):
+        paired_difference(a, scored([0.5] * 3))
 
 
 def test_oracle_policies_give_known_scores(tok, problems):
@@ -169,3 +205,28 @@ def test_bad_inputs(tmp_path, tok, model, problems):
         evaluate(42, problems, CFG)
     with pytest.raises(ValueError, match="grader"):
         evaluate(model, [Problem("1+1=", "2")], CFG, tokenizer=tok, grader="nope")
+
+
+def test_checkpoint_files_through_the_layer(tmp_path, tok, model):
+    """Weight files are listed by rlvr_nb.checkpoint_files: pickles are named and never read, a sharded
+    checkpoint's fingerprint covers its index and shards, and a corrupt header of a large checkpoint
+    is one error naming the file (it was an OverflowError)."""
+    (tmp_path / "pickled").mkdir()
+    (tmp_path / "pickled" / "pytorch_model.bin").write_bytes(b"not read")
+    with pytest.raises(FileNotFoundError, match="found pytorch_model.bin: only safetensors are read, never pickle"):
+        ModelPolicy(path=tmp_path / "pickled")
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    tok.save_pretrained(tmp_path / "sharded")
+    assert len(list((tmp_path / "sharded").glob("model-*.safetensors"))) > 1
+    fp = checkpoint_fingerprint(tmp_path / "sharded")
+    last = sorted((tmp_path / "sharded").glob("model-*.safetensors"))[-1]
+    data = bytearray(last.read_bytes())
+    data[-1] ^= 1  # one weight byte of the last shard
+    last.write_bytes(bytes(data))
+    assert checkpoint_fingerprint(tmp_path / "sharded") != fp
+    (tmp_path / "big").mkdir()
+    (tmp_path / "big" / "model.safetensors").write_bytes((2**62).to_bytes(8, "little") + b"{}")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ev, "CONTENT_HASH_MAX_BYTES", 0)  # fingerprinted by metadata and header, as a large model
+        with pytest.raises(CheckpointError, match=r"corrupt safetensors file .*big/model.safetensors"):
+            checkpoint_fingerprint(tmp_path / "big")

@@ -1,10 +1,14 @@
 """Periodic re-grounding: bad inputs, the horizon rule, speed-up arithmetic on synthetic curves, and the loop on a
 tiny model (virtual-step ledger, extrapolated weights, optimizer keep/reset, resuming at the last block)."""
 
+import ast
+import importlib
 import json
 import math
 import shutil
+import sys
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +16,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from rlvr_nb.checkpoints import list_checkpoints
+import rlvr_nb.regrounding
+from rlvr_nb.checkpoint_files import find_checkpoints
+from rlvr_nb.experiments.rl_extra import Curve, budget_rows, models_at_real_steps, speedup_rows
 from rlvr_nb.grpo import RLConfig
 from rlvr_nb.models import ModelConfig, build_model, build_tokenizer
-from rlvr_nb.regrounding import (Curve, RegroundConfig, accuracy_at, block_rl_config, budget_rows, models_at_real_steps,
-                                 next_horizon, read_ledger, regrounding_alpha, run_regrounding, speedup, speedup_rows,
-                                 steps_to_target, validate)
+from rlvr_nb.regrounding import (RegroundConfig, accuracy_at_budgets, block_rl_config, next_horizon, read_ledger,
+                                 regrounding_alpha, run_regrounding, speedup, steps_to_target,
+                                 validate_reground_config)
 from rlvr_nb.tasks import AdditionTask, TaskConfig
 
 TINY = ModelConfig(hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=2, intermediate_size=32)
@@ -44,6 +50,10 @@ def weights(d):
     return load_file(str(d / "model.safetensors"))
 
 
+def steps_of(block_dir):
+    return [s for s, _ in find_checkpoints(block_dir, "rlvr-nb", allow_empty=True)]
+
+
 # ---------------------------------------------------------------------------------------------------- inputs
 
 
@@ -55,7 +65,7 @@ def weights(d):
 ])
 def test_bad_inputs_are_clear_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        validate(RegroundConfig(**kwargs))
+        validate_reground_config(RegroundConfig(**kwargs))
 
 
 def test_bad_inputs_fail_before_training(tmp_path, init_dir):
@@ -123,7 +133,7 @@ def test_speedup_of_a_curve_compressed_in_time():
 
 def test_accuracy_at_equal_budgets_and_table():
     steps = np.array([0, 100, 200.0])
-    assert accuracy_at(steps, [0.1, 0.3, 0.4], [100, 150, 300]) == pytest.approx([0.3, 0.35, np.nan], nan_ok=True)
+    assert accuracy_at_budgets(steps, [0.1, 0.3, 0.4], [100, 150, 300]) == pytest.approx([0.3, 0.35, np.nan], nan_ok=True)
     std = {s: Curve(steps, steps, np.array([0.1, 0.2, 0.3]) + 0.01 * s) for s in (0, 1)}
     rg = {"(m, n)": {s: Curve(steps, 2 * steps, np.array([0.1, 0.3, 0.4]) + 0.01 * s) for s in (0, 1)}}
     rows = budget_rows(std, rg, [100, 200])
@@ -181,7 +191,7 @@ def test_interrupted_run_resumes_at_its_last_complete_block(tmp_path, init_dir, 
     whole = run_regrounding(cfg, RL, init_dir, tmp_path / "whole", TASK, progress=False)
     cut = run_regrounding(cfg, RL, init_dir, tmp_path / "cut", TASK, progress=False, stop_after=3)  # killed in block 1
     assert {e["block"] for e in read_ledger(cut)} == {0} and not (cut / "complete.json").exists()
-    assert [s for s, _ in list_checkpoints(cut / "blocks/block_1")] == [0]  # block 1 got no further than its start
+    assert steps_of(cut / "blocks/block_1") == [0]  # block 1 got no further than its start
     run_regrounding(cfg, RL, init_dir, cut, TASK, resume=True, progress=False)
     assert read_ledger(cut) == read_ledger(whole)
     a, b = weights(whole / "models/block_2"), weights(cut / "models/block_2")
@@ -191,7 +201,7 @@ def test_interrupted_run_resumes_at_its_last_complete_block(tmp_path, init_dir, 
 def test_r2_guided_horizon_in_the_loop(tmp_path, init_dir):
     cfg = RegroundConfig(m=4, n=4, budget=8, horizon="r2", r2_checkpoints=3, r2_high=0.99, r2_low=0.98)
     run = run_regrounding(cfg, RL, init_dir, tmp_path / "rg", TASK, progress=False)
-    assert [s for s, _ in list_checkpoints(run / "blocks/block_0")] == [0, 2, 4]
+    assert steps_of(run / "blocks/block_0") == [0, 2, 4]
     ends = [e for e in read_ledger(run) if "next_n" in e]
     assert len(ends) == 2 and all(0 <= e["block_r2"] <= 1 for e in ends)
     assert ends[0]["next_n"] == next_horizon(4, ends[0]["block_r2"], cfg) == ends[1]["n"]
@@ -200,7 +210,7 @@ def test_r2_guided_horizon_in_the_loop(tmp_path, init_dir):
 
 def test_block_checkpoints_and_r2_thresholds():
     with pytest.raises(ValueError, match="ckpt_every must divide m"):
-        validate(RegroundConfig(m=50, ckpt_every=20))
+        validate_reground_config(RegroundConfig(m=50, ckpt_every=20))
     assert block_rl_config(RL, RegroundConfig(m=100, n=100, budget=200, ckpt_every=50), 0).ckpt_every == 50
     from rlvr_nb.regrounding import r2_for_drift_to_noise
 
@@ -209,7 +219,7 @@ def test_block_checkpoints_and_r2_thresholds():
 
 
 def test_speedup_summary_pivots_seeds():
-    from rlvr_nb.regrounding import speedup_summary
+    from rlvr_nb.experiments.rl_extra import speedup_summary
 
     f = lambda s: 0.6 - 0.4 * np.exp(-s / 300)  # noqa: E731
     std_steps, rg_steps = np.arange(0, 1001, 50.0), np.arange(0, 401, 25.0)
@@ -223,7 +233,8 @@ def test_speedup_summary_pivots_seeds():
 
 def test_verl_blocks_are_successive_fresh_verl_runs(tmp_path, init_dir, monkeypatch):
     """trainer='verl': each block is one `run_verl` call from the current model (a fake verl here, which writes
-    the ingested layout: step_0 = the start model, step_m = it perturbed)."""
+    the ingested layout: step_0 = the start model, step_m = it perturbed, each with its trainer_state.json), the
+    block trainer `train_block_verl` passed in as rlvr_nb.experiments.rl_extra does."""
     import rlvr_nb.backends.verl_launcher as vl
 
     calls = []
@@ -236,11 +247,14 @@ def test_verl_blocks_are_successive_fresh_verl_runs(tmp_path, init_dir, monkeypa
             w = weights(d)
             save_file({k: v + shift if "norm" not in k else v for k, v in w.items()}, str(d / "model.safetensors"),
                       metadata={"format": "pt"})
+            (d / "trainer_state.json").write_text(json.dumps({"step": step}))
 
     monkeypatch.setattr(vl, "run_verl", fake_run_verl)
     cfg = RegroundConfig(m=3, n=3, budget=6, optimizer="reset")
+    with pytest.raises(ValueError, match="needs its block trainer"):
+        run_regrounding(cfg, RL, init_dir, tmp_path / "rg", TASK, trainer="verl", progress=False)
     run = run_regrounding(cfg, RL, init_dir, tmp_path / "rg", TASK, trainer="verl", progress=False,
-                          verl_options={"train_data": None, "n_gpus": 1})
+                          train_block=partial(vl.train_block_verl, train_data=None, n_gpus=1))
     assert [(c.steps, c.seed, c.embedded_digits) for c in calls] == [(3, 0, 2), (3, 1000, 2)]
     assert calls[1].model_path == str(run / "models/block_0")  # block 1 starts from the extrapolated model
     name = "model.layers.0.mlp.up_proj.weight"
@@ -250,7 +264,7 @@ def test_verl_blocks_are_successive_fresh_verl_runs(tmp_path, init_dir, monkeypa
 
 def test_ensure_regrounding_run_caches_by_config(tmp_path, init_dir, monkeypatch):
     from rlvr_nb.embedded import EmbeddedConfig
-    from rlvr_nb.regrounding import ensure_regrounding_run
+    from rlvr_nb.experiments.rl_extra import ensure_regrounding_run
 
     monkeypatch.setenv("RLVR_NB_RUNS", str(tmp_path))
     emb = EmbeddedConfig(model=TINY, task=TASK)
@@ -264,10 +278,48 @@ def test_ensure_regrounding_run_caches_by_config(tmp_path, init_dir, monkeypatch
 
 
 def test_extrapolation_jump_is_measured_at_boundaries_only():
-    from rlvr_nb.regrounding import extrapolation_jump
+    from rlvr_nb.experiments.rl_extra import extrapolation_jump
 
     steps = np.array([0, 50, 100.0])
     rl = Curve(steps, np.array([0, 50, 100.0]), np.array([0.2, 0.3, 0.4]))
     newest = Curve(steps, np.array([0, 100, 100.0]), np.array([0.2, 0.1, 0.4]))  # a jump at 50 only
     assert extrapolation_jump(newest, rl) == pytest.approx(-0.2)
     assert math.isnan(extrapolation_jump(rl, rl))
+
+
+def test_cache_hashes_of_existing_runs_are_unchanged(tmp_path, monkeypatch):
+    """The run directories of the cached runs keep the names the previous code gave them (pinned values,
+    computed with the code before the study moved to rlvr_nb.experiments.rl_extra)."""
+    import rlvr_nb.experiments.rl_extra as rx
+    from rlvr_nb.embedded import EmbeddedConfig
+
+    monkeypatch.setenv("RLVR_NB_RUNS", str(tmp_path))
+    monkeypatch.setattr(rx, "run_regrounding", lambda *a, **k: None)
+    monkeypatch.setattr(rx, "run_verl_into", lambda *a, **k: None)
+    emb = EmbeddedConfig(model=TINY, task=TASK)
+    assert rx.ensure_regrounding_run(RegroundConfig(m=2, n=2, budget=2), RL, emb, progress=False,
+                                     init_dir="/fixed/init").name == "reground-529e0e033f"
+    assert rx.ensure_regrounding_run(RegroundConfig(m=2, n=2, budget=2, optimizer="reset"), RL, emb, progress=False,
+                                     trainer="verl", init_dir="/fixed/init").name == "reground-25f2a90d0c"
+    assert rx.ensure_verl_standard_run(RL, "/fixed/model", progress=False).name == "verl-rl-9efe57c685"
+
+
+def test_regrounding_imports_no_backend(tmp_path, init_dir, monkeypatch):
+    """rlvr_nb.regrounding is a top-level library module: it imports (and runs) with rlvr_nb.backends blocked,
+    and names no backend, experiment or notebook module anywhere, not even inside a function."""
+    tree = ast.parse(Path(rlvr_nb.regrounding.__file__).read_text())
+    imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
+    imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert not [m for m in imported if m.startswith(("rlvr_nb.backends", "rlvr_nb.experiments", "rlvr_nb.notebook"))]
+    original = sys.modules["rlvr_nb.regrounding"]
+    for name in [k for k in sys.modules if k.startswith("rlvr_nb.backends") or k == "rlvr_nb.regrounding"]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "rlvr_nb.backends", None)  # import rlvr_nb.backends... -> ImportError
+    rg = importlib.import_module("rlvr_nb.regrounding")
+    try:
+        run = rg.run_regrounding(rg.RegroundConfig(m=2, n=2, budget=2, optimizer="reset"), RL, init_dir,
+                                 tmp_path / "rg", TASK, progress=False)
+        assert (run / "complete.json").exists()
+        assert not [k for k, v in sys.modules.items() if k.startswith("rlvr_nb.backends.") and v is not None]
+    finally:
+        rlvr_nb.regrounding = original  # the package attribute too (sys.modules is restored by monkeypatch)

@@ -1,4 +1,4 @@
-"""The verl launcher without a GPU: every override key checked against verl's own packaged config
+"""The verl launcher and its config without a GPU: every override key checked against verl's own packaged config
 (OmegaConf struct mode), the estimator mapping checked against verl's source, dry runs (data parquet,
 reward file, command), the subprocess plumbing with a stand-in command, and ingestion of a fabricated verl
 checkpoint tree (FSDP shards + huggingface/).
@@ -9,7 +9,10 @@ The config checks need verl's wheel installed without its dependencies:
 
 import importlib.util
 import json
+import os
 import re
+import shutil
+import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -17,12 +20,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlvr_nb.checkpoints import list_checkpoints
+import rlvr_nb.backends.verl_launcher as vl
+from rlvr_nb.checkpoint_files import VERL_TRACKER, CheckpointError, find_checkpoints, verl_merge_command
+from rlvr_nb.grpo import RLConfig
 from rlvr_nb.models import ModelConfig, build_model, build_tokenizer, load_model
-from rlvr_nb.backends.verl_launcher import (
-    ADV_ESTIMATORS, ESTIMATORS, VERL_VERSION, RunFiles, VerlRun, VerlRunConfig, build_overrides, hydra_value,
-    ingest_verl_checkpoints, installed_verl_version, launch, list_verl_checkpoints, main, prepare_run, resolve,
-    validate, validate_overrides)
+from rlvr_nb.tasks import TaskConfig
+from rlvr_nb.backends.verl_config import (
+    ADV_ESTIMATORS, ESTIMATORS, VERL_VERSION, RunFiles, VerlRunConfig, build_overrides, hydra_value,
+    installed_verl_version, resolve, validate_overrides, validate_verl_config)
+from rlvr_nb.backends.verl_launcher import (VerlRun, complete_verl_checkpoints, ingest_verl_checkpoints, launch, main,
+                                            prepare_run, train_block_verl)
 
 HAVE_VERL = importlib.util.find_spec("verl") is not None
 needs_verl = pytest.mark.skipif(not HAVE_VERL, reason=f"verl not installed: pip install --no-deps verl=={VERL_VERSION}")
@@ -122,7 +129,7 @@ def test_estimator_mapping():
 
 def test_validate_rejects_bad_configs():
     ok = VerlRunConfig(model_path="m", output_dir="o")
-    validate(ok)
+    validate_verl_config(ok)
     for bad, match in [(dict(adv_estimator="ppo"), "adv_estimator"),
                        (dict(adv_estimator="dr_grpo", loss_agg="token-mean"), "dr_grpo"),
                        (dict(n_gpus=3, prompts_per_step=5, group_size=2), "divisible"),
@@ -131,7 +138,7 @@ def test_validate_rejects_bad_configs():
                        (dict(model_path=""), "model_path"),
                        (dict(extra_overrides=("novalue",)), "key=value")]:
         with pytest.raises(ValueError, match=match):
-            validate(replace(ok, **bad))
+            validate_verl_config(replace(ok, **bad))
 
 
 def test_hydra_values():
@@ -214,8 +221,9 @@ def test_refuses_a_run_directory_with_checkpoints(tmp_path, init_dir):
 # verl checkpoints -> our layout; the subprocess
 
 
-def fabricate_verl_tree(root: Path, init_dir: Path, steps=(2, 4, 6)) -> dict[int, torch.Tensor]:
-    """What verl 0.9.1 writes with save_contents=[..., hf_model]: FSDP shards beside actor/huggingface/."""
+def fabricate_verl_tree(root: Path, init_dir: Path, steps=(2, 4, 6), tracker: int | None = -1) -> dict[int, torch.Tensor]:
+    """What verl 0.9.1 writes with save_contents=[..., hf_model]: FSDP shards beside actor/huggingface/, and
+    after each checkpoint its step in latest_checkpointed_iteration.txt (tracker; -1: the last step)."""
     tok = build_tokenizer()
     heads = {}
     for s in steps:
@@ -228,6 +236,8 @@ def fabricate_verl_tree(root: Path, init_dir: Path, steps=(2, 4, 6)) -> dict[int
         m.save_pretrained(actor / "huggingface")
         tok.save_pretrained(actor / "huggingface")
         heads[s] = m.lm_head.weight.detach().clone()
+    if tracker is not None:
+        (root / VERL_TRACKER).write_text(str(max(steps) if tracker == -1 else tracker))
     return heads
 
 
@@ -238,17 +248,134 @@ def test_ingest_fabricated_verl_checkpoint_tree(tmp_path, init_dir):
     metrics.write_text("".join(json.dumps({"step": s, "data": {"critic/score/mean": s / 10}}) + "\n" for s in range(1, 7)))
     out = ingest_verl_checkpoints(verl_dir, tmp_path / "run", init_dir, metrics)
     assert [s for s, _ in out] == [0, 2, 4, 6]
-    assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [0, 2, 4, 6]  # our layout, read by our code
+    assert [s for s, _ in find_checkpoints(tmp_path / "run", "rlvr-nb")] == [0, 2, 4, 6]  # our layout, read by our code
     for s in (2, 4, 6):
         torch.testing.assert_close(load_model(tmp_path / "run" / "checkpoints" / f"step_{s}").lm_head.weight, heads[s])
     state = json.loads((tmp_path / "run" / "checkpoints" / "step_4" / "trainer_state.json").read_text())
     assert state["step"] == 4 and state["metrics"]["critic/score/mean"] == 0.4
-    # a checkpoint holding only FSDP shards names the fix
-    shards_only = verl_dir / "global_step_8" / "actor"
-    shards_only.mkdir(parents=True)
-    (shards_only / "model_world_size_1_rank_0.pt").write_bytes(b"x")
-    with pytest.raises(FileNotFoundError, match="model_merger"):
-        list_verl_checkpoints(verl_dir)
+    assert state["path"] == "verl_checkpoints/global_step_4/actor/huggingface"  # relative inside the run
+    assert not os.readlink(tmp_path / "run" / "checkpoints" / "step_4" / "model.safetensors").startswith("/")
+    moved = tmp_path / "moved"  # relative links: the run directory can be renamed or moved
+    (tmp_path / "run").rename(moved)
+    torch.testing.assert_close(load_model(moved / "checkpoints" / "step_6").lm_head.weight, heads[6])
+
+
+def add_fsdp_only_step(verl_dir: Path, step: int) -> Path:
+    actor = verl_dir / f"global_step_{step}" / "actor"
+    actor.mkdir(parents=True)
+    (actor / "model_world_size_1_rank_0.pt").write_bytes(b"x")
+    return actor
+
+
+def test_ingest_refuses_an_fsdp_only_step_with_the_merge_command(tmp_path, init_dir):
+    verl_dir = tmp_path / "run" / "verl_checkpoints"
+    fabricate_verl_tree(verl_dir, init_dir, steps=(2,))
+    actor = add_fsdp_only_step(verl_dir, 4)
+    (verl_dir / VERL_TRACKER).write_text("4")  # verl finished step 4: complete, but without HF weights
+    with pytest.raises(CheckpointError) as err:
+        ingest_verl_checkpoints(verl_dir, tmp_path / "run", init_dir)
+    assert verl_merge_command(actor) in str(err.value)
+    assert f"--local_dir {actor} --target_dir {actor / 'huggingface'}" in str(err.value)
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing written
+
+
+def test_ingest_skips_steps_past_verls_tracker(tmp_path, init_dir):
+    """Steps after the one in latest_checkpointed_iteration.txt are still being written by verl: an FSDP-only
+    one is not an error and a complete-looking one is not ingested yet."""
+    verl_dir = tmp_path / "run" / "verl_checkpoints"
+    fabricate_verl_tree(verl_dir, init_dir, steps=(2, 4, 6), tracker=4)
+    add_fsdp_only_step(verl_dir, 8)
+    out = ingest_verl_checkpoints(verl_dir, tmp_path / "run", init_dir)
+    assert [s for s, _ in out] == [0, 2, 4] and not (tmp_path / "run" / "checkpoints" / "step_6").exists()
+    (verl_dir / VERL_TRACKER).write_text("6")  # verl got further: step 6 now counts, step 8 still does not
+    assert [s for s, _ in ingest_verl_checkpoints(verl_dir, tmp_path / "run", init_dir)] == [0, 2, 4, 6]
+    (verl_dir / VERL_TRACKER).unlink()  # no tracker at all (verl's async_save): which steps are complete is unknown
+    shutil.rmtree(verl_dir / "global_step_8")
+    with pytest.raises(CheckpointError, match=f"no readable {VERL_TRACKER}"):
+        complete_verl_checkpoints(verl_dir)
+
+
+def snapshot(run: Path) -> dict[str, tuple[int, int]]:
+    """(inode, mtime_ns) of every step directory and file under run/checkpoints (links not followed)."""
+    return {str(p.relative_to(run)): (p.lstat().st_ino, p.lstat().st_mtime_ns) for p in sorted((run / "checkpoints").rglob("*"))}
+
+
+def test_ingest_twice_is_idempotent_and_atomic(tmp_path, init_dir, monkeypatch):
+    run = tmp_path / "run"
+    verl_dir = run / "verl_checkpoints"
+    fabricate_verl_tree(verl_dir, init_dir)
+    metrics = run / "verl_metrics.jsonl"
+    metrics.write_text("".join(json.dumps({"step": s, "data": {"score": s}}) + "\n" for s in (2, 4)) + '{"step": 6, "da')
+    first = ingest_verl_checkpoints(verl_dir, run, init_dir, metrics)  # a cut-off last metrics line is left out
+    before = snapshot(run)
+    assert ingest_verl_checkpoints(verl_dir, run, init_dir, metrics) == first
+    assert snapshot(run) == before  # nothing rewritten, not even in place
+    assert not [p.name for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]  # no temporary left
+    # step 6's metrics arrive: its directory is replaced as a whole (a new trainer_state.json, not the old one rewritten)
+    metrics.write_text(metrics.read_text().rsplit("\n", 1)[0] + "\n" + json.dumps({"step": 6, "data": {"score": 6}}) + "\n")
+    ingest_verl_checkpoints(verl_dir, run, init_dir, metrics)
+    after = snapshot(run)
+    assert json.loads((run / "checkpoints/step_6/trainer_state.json").read_text())["metrics"] == {"score": 6}
+    assert after["checkpoints/step_6/trainer_state.json"] != before["checkpoints/step_6/trainer_state.json"]
+    assert {k: v for k, v in after.items() if "step_6" not in k} == {k: v for k, v in before.items() if "step_6" not in k}
+    # killed while building step 4 of a fresh ingestion: steps 0 and 2 are complete, step 4 does not exist
+    real_write_json = vl.write_json
+
+    def dies_at_step_4(path, obj, *a, **kw):
+        if obj.get("step") == 4:
+            raise KeyboardInterrupt
+        return real_write_json(path, obj, *a, **kw)
+
+    monkeypatch.setattr(vl, "write_json", dies_at_step_4)
+    other = tmp_path / "other"
+    with pytest.raises(KeyboardInterrupt):
+        ingest_verl_checkpoints(verl_dir, other, init_dir)
+    assert sorted(p.name for p in (other / "checkpoints").iterdir()) == ["step_0", "step_2"]
+
+
+def fake_verl(calls: list):
+    """A stand-in for run_verl that writes what a finished run ingests: step_0 (the start model) and step_m."""
+    def run_verl(cfg, dry_run=False, progress=True):
+        calls.append(cfg)
+        for step in (0, cfg.steps):
+            d = Path(cfg.output_dir) / "checkpoints" / f"step_{step}"
+            shutil.copytree(cfg.model_path, d)
+            (d / "trainer_state.json").write_text(json.dumps({"step": step}))
+    return run_verl
+
+
+def dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_train_block_verl_deletes_only_what_it_wrote(tmp_path, init_dir, monkeypatch):
+    calls: list = []
+    monkeypatch.setattr(vl, "run_verl", fake_verl(calls))
+    rl, task = RLConfig(steps=2, ckpt_every=2), TaskConfig(digits=2)
+    blocks = tmp_path / "blocks"
+    # a user's directory where the block would go (or an older version's incomplete block): left as it is
+    (blocks / "block_0").mkdir(parents=True)
+    (blocks / "block_0" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="incomplete verl run .* left as it is"):
+        train_block_verl(rl, init_dir, blocks / "block_0", task, progress=False)
+    assert (blocks / "block_0" / "notes.txt").read_text() == "mine" and not calls
+    # a block killed mid-run left only its temporary directory: removed by the next write, then trained again
+    stale = blocks / f".block_1.rlvr-nb-tmp-{dead_pid()}-0123abcd"
+    (stale / "verl_checkpoints").mkdir(parents=True)
+    assert train_block_verl(rl, init_dir, blocks / "block_1", task, progress=False)
+    assert not stale.exists() and (blocks / "block_1" / "complete.json").exists()
+    assert [s for s, _ in find_checkpoints(blocks / "block_1", "rlvr-nb")] == [0, 2]
+    assert calls[0].output_dir != str(blocks / "block_1")  # verl ran beside the block, renamed in when done
+    assert train_block_verl(rl, init_dir, blocks / "block_1", task, progress=False) and len(calls) == 1
+    # interrupted: nothing appears at the block's place and no temporary directory stays
+    monkeypatch.setattr(vl, "run_verl", lambda cfg, dry_run=False, progress=True: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        train_block_verl(rl, init_dir, blocks / "block_2", task, progress=False)
+    assert sorted(p.name for p in blocks.iterdir()) == ["block_0", "block_1"]
+    with pytest.raises(ValueError, match="optimizer='reset'"):
+        train_block_verl(rl, init_dir, blocks / "block_3", task, optimizer_from=init_dir, progress=False)
 
 
 def test_launch_streams_the_log_and_ingests(tmp_path, init_dir):

@@ -2,6 +2,7 @@
 routing, driven by transformers stacks standing in for vLLM's) and the vLLM sampling backend (driven by a
 fake `vllm` module). What needs a GPU (vLLM itself) is not exercised here."""
 
+import hashlib
 import inspect
 import json
 import random
@@ -16,9 +17,11 @@ from safetensors.torch import load_file
 
 from rlvr_nb.models import ModelConfig, build_model, build_tokenizer
 from rlvr_nb.sampling import encode_prompts, generate
+from rlvr_nb.checkpoint_files import CheckpointError
+from rlvr_nb.extrapolate import mix_logits
 from rlvr_nb.backends.vllm_extrapolation import (
-    ARCHITECTURE, TwoStackExtrapolationForCausalLM, alpha_from_steps, layer_index, mix_logits,
-    split_stack_weight_name, stack_weight_name, write_two_stack_checkpoint)
+    ARCHITECTURE, TwoStackExtrapolationForCausalLM, split_stack_weight_name, stack_weight_name,
+    write_two_stack_checkpoint)
 
 
 def tiny_pair(tmp_path: Path, second_seed: int = 1):
@@ -79,10 +82,23 @@ def test_mix_logits_is_the_paper_formula_in_float32():
         mix_logits(lb, ls[:, :5], 1.0)
 
 
-def test_alpha_from_steps():
-    assert alpha_from_steps(200, 1400, 2000) == pytest.approx(1.5)  # the paper's Table 1 setting
-    with pytest.raises(ValueError):
-        alpha_from_steps(100, 100, 300)
+def test_one_mix_logits_in_float32_with_exact_endpoints():
+    """The CPU policy and the vLLM model mix with the same function (rlvr_nb.extrapolate.mix_logits), whose
+    stated precision is float32: within 1 ulp of float64 rounded to float32, and alpha = 0 / 1 give the
+    base / second logits bit for bit."""
+    import rlvr_nb.backends.vllm_extrapolation as ve
+    import rlvr_nb.extrapolate as ex
+
+    assert ve.mix_logits is ex.mix_logits
+    g = torch.Generator().manual_seed(0)
+    lb, ls = 10 * torch.randn(8, 1000, generator=g), 10 * torch.randn(8, 1000, generator=g)
+    for alpha in (0.5, 1.5, 3.0):
+        out = mix_logits(lb, ls, alpha)
+        ref = (lb.double() + alpha * (ls.double() - lb.double())).float()
+        assert out.dtype == torch.float32
+        assert (out - ref).abs().max() <= 2 * torch.finfo(torch.float32).eps * ref.abs().max()
+    assert torch.equal(mix_logits(lb, ls, 1.0), ls) and torch.equal(mix_logits(lb, ls, 0.0), lb)
+    assert mix_logits(lb, ls, 0.0) is not lb  # a copy: vLLM's sampler may scale the logits in place
 
 
 def test_stack_names_round_trip_and_keep_one_layer_integer():
@@ -92,7 +108,8 @@ def test_stack_names_round_trip_and_keep_one_layer_integer():
             full = stack_weight_name(stack, n)
             assert split_stack_weight_name(full) == (stack, n)
             if ".layers." in n:  # vLLM reads a layer's index from the one integer in its name
-                assert layer_index(full) == layer_index(n)
+                assert [p for p in full.split(".") if p.isdigit()] == [p for p in n.split(".") if p.isdigit()]
+                assert len([p for p in full.split(".") if p.isdigit()]) == 1
     for bad in ("model.layers.0.mlp.up_proj.weight", "third.lm_head.weight", "base"):
         with pytest.raises(ValueError, match="belongs to no stack"):
             split_stack_weight_name(bad)
@@ -122,6 +139,46 @@ def test_write_two_stack_checkpoint(tmp_path):
                 torch.testing.assert_close(f.get_tensor(key), t, rtol=0, atol=0)
     assert len(weight_map) == 2 * len(base.state_dict())
     assert (out / "tokenizer.json").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary directory left
+
+
+def tree_digest(d: Path) -> dict[str, str]:
+    """Every file under d (relative path) -> sha256 of its bytes."""
+    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def test_write_two_stack_checkpoint_never_writes_into_its_inputs(tmp_path):
+    """out_dir = base used to rewrite base/config.json and add an index (the package's readers then refused
+    the run); now out_dir equal to, containing or inside an input is refused and base stays byte-identical."""
+    tiny_pair(tmp_path)
+    base, second = tmp_path / "base", tmp_path / "second"
+    before = tree_digest(base)
+    with pytest.raises(ValueError, match=r"out_dir .*base is one of the inputs .*refusing to write over it"):
+        write_two_stack_checkpoint(base, second, base, alpha=1.5)
+    with pytest.raises(ValueError, match="contains the input"):
+        write_two_stack_checkpoint(base, second, tmp_path, alpha=1.5)
+    with pytest.raises(ValueError, match="lies inside the input"):
+        write_two_stack_checkpoint(base, second, second / "two", alpha=1.5)
+    assert tree_digest(base) == before and not (second / "two").exists()
+    out = write_two_stack_checkpoint(base, second, tmp_path / "two", alpha=1.5)
+    with pytest.raises(FileExistsError, match="already exists"):
+        write_two_stack_checkpoint(base, second, out, alpha=2.0)
+    assert json.loads((out / "config.json").read_text())["extrapolation_alpha"] == 1.5
+    write_two_stack_checkpoint(base, second, out, alpha=2.0, overwrite=True)  # ours: replaced as a whole
+    assert json.loads((out / "config.json").read_text())["extrapolation_alpha"] == 2.0
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="did not write"):
+        write_two_stack_checkpoint(base, second, out, alpha=3.0, overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine" and tree_digest(base) == before
+
+
+def test_write_two_stack_checkpoint_refuses_a_corrupt_shard_naming_it(tmp_path):
+    tiny_pair(tmp_path)
+    f = tmp_path / "second" / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:-100])  # truncated copy
+    with pytest.raises(CheckpointError, match=r"truncated safetensors file .*second/model.safetensors"):
+        write_two_stack_checkpoint(tmp_path / "base", tmp_path / "second", tmp_path / "two", alpha=1.5)
+    assert not (tmp_path / "two").exists()
 
 
 def test_write_two_stack_checkpoint_refuses_different_architectures(tmp_path):

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 import torch
 
+from rlvr_nb.checkpoint_files import CheckpointError, read_json, weight_files
 from rlvr_nb.models import load_tokenizer
 from rlvr_nb.sampling import decode_responses
 
@@ -74,14 +75,26 @@ def engine_kwargs(model_dir: str | Path, engine: VllmEngineConfig) -> dict[str, 
 def open_engine(model_dir: str | Path, engine: VllmEngineConfig = VllmEngineConfig()):
     """A `vllm.LLM` on a local HuggingFace directory (a two-stack extrapolation directory included)."""
     model_dir = Path(model_dir)
-    if not (model_dir / "config.json").exists():
-        raise FileNotFoundError(f"{model_dir} is not a HuggingFace model directory (no config.json)")
+    config = model_config(model_dir)
     vllm = import_vllm()
     from rlvr_nb.backends.vllm_extrapolation import ARCHITECTURE, register
 
-    if ARCHITECTURE in json.loads((model_dir / "config.json").read_text()).get("architectures", []):
+    if ARCHITECTURE in (config.get("architectures") or []):
         register()
     return vllm.LLM(**engine_kwargs(model_dir, engine))
+
+
+def model_config(model_dir: Path) -> dict:
+    """config.json of a HuggingFace model directory that holds safetensors weights, or one clear error
+    naming the directory (vLLM is asked to load nothing else: never pickled weights)."""
+    f = model_dir / "config.json"
+    if not f.is_file():
+        raise FileNotFoundError(f"{model_dir} is not a HuggingFace model directory (no config.json)")
+    weight_files(model_dir)  # FileNotFoundError naming the directory (and any pickles found instead)
+    config = read_json(f)
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{f} is a JSON {type(config).__name__}, not an object")
+    return config
 
 
 def close_engine(llm) -> None:
@@ -169,8 +182,7 @@ class VllmPolicy:
 
     def __init__(self, path: str | Path, engine: VllmEngineConfig = VllmEngineConfig(), label: str | None = None) -> None:
         self.path = Path(path)
-        if not (self.path / "config.json").exists():
-            raise FileNotFoundError(f"{self.path} is not a HuggingFace model directory (no config.json)")
+        model_config(self.path)
         self.engine = engine
         self.label = label or self.path.name
         self._llm = None

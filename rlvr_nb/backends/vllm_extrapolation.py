@@ -1,7 +1,8 @@
 """Logits extrapolation (PAPER.md Sec. 6) at vLLM speed: one engine, one model class holding two decoder
 stacks (base and second checkpoint, same architecture), whose next-token logits are
 
-    l = l_base + alpha (l_second - l_base)        in float32,
+    l = l_base + alpha (l_second - l_base)        (`rlvr_nb.extrapolate.mix_logits`: float32, the one mixing
+                                                   of the package, so the CPU and vLLM paths agree),
 
 so that vLLM's own sampler applies temperature and top-p, and continuous batching, prefix caching and the
 paged KV cache work unchanged. How it fits into vLLM (checked against vLLM 0.24's source):
@@ -9,7 +10,7 @@ paged KV cache work unchanged. How it fits into vLLM (checked against vLLM 0.24'
 - The class is registered out of tree (`register()`: `ModelRegistry.register_model`, also usable as a
   `vllm.general_plugins` entry point so that spawned engine processes see it).
 - `forward` runs both stacks on the same tokens and returns their final hidden states side by side,
-  [T, 2H]; `compute_logits` splits them, applies each stack's LM head and mixes in float32. vLLM only
+  [T, 2H]; `compute_logits` splits them, applies each stack's LM head and mixes them (`mix_logits`). vLLM only
   calls compute_logits on the rows it samples, so the mixing costs nothing on prefill rows.
 - Each stack's attention layers are ordinary vLLM layers named `base.model.layers.N...` and
   `second.model.layers.N...`: vLLM allocates a KV cache for each and both share one block table (two
@@ -28,35 +29,27 @@ that build the stacks.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import torch
 
+from rlvr_nb.backends.vllm_backend import model_config
+from rlvr_nb.checkpoint_files import (TOKENIZER_FILES, WEIGHT_INDEX, TensorHeader, check_same_tokenizer, read_rows,
+                                      read_weight_index, weight_files)
+from rlvr_nb.checkpoint_writes import atomic_dir, refuse_overlap, write_json, write_safetensors
+from rlvr_nb.extrapolate import mix_logits
+
 ARCHITECTURE = "TwoStackExtrapolationForCausalLM"
 STACKS = ("base", "second")
-SMALL_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
-               "tokenizer.model", "chat_template.jinja", "generation_config.json")
+SMALL_FILES = (*TOKENIZER_FILES, "generation_config.json")
+"""Copied from the second checkpoint beside the weights."""
+ROW_BLOCK_BYTES = 64 << 20
+"""Largest row block of a tensor held in memory while the two-stack checkpoint is written."""
 # Config entries that must agree between the two checkpoints (same architecture, same shapes).
 SHAPE_KEYS = ("model_type", "architectures", "hidden_size", "intermediate_size", "num_hidden_layers",
               "num_attention_heads", "num_key_value_heads", "vocab_size", "tie_word_embeddings", "head_dim")
-
-
-def mix_logits(l_base: torch.Tensor, l_second: torch.Tensor, alpha: float) -> torch.Tensor:
-    """PAPER.md Sec. 6, logits extrapolation: l_base + alpha (l_second - l_base), computed in float32. [N, V]"""
-    if l_base.shape != l_second.shape:
-        raise ValueError(f"logit shapes differ: {tuple(l_base.shape)} vs {tuple(l_second.shape)}")
-    b = l_base.float()
-    return b + alpha * (l_second.float() - b)
-
-
-def alpha_from_steps(t_base: float, t_second: float, t_target: float) -> float:
-    """PAPER.md Sec. 6: alpha = (t_target - t_base) / (t_second - t_base)."""
-    if t_second == t_base:
-        raise ValueError("t_second must differ from t_base")
-    return (t_target - t_base) / (t_second - t_base)
 
 
 def stack_weight_name(stack: str, name: str) -> str:
@@ -82,33 +75,8 @@ def route_weights(weights: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple
         yield stack, inner, tensor
 
 
-def layer_index(name: str) -> int:
-    """The layer index vLLM reads from a layer name: its one integer component (vLLM asserts there is one)."""
-    ints = [int(p) for p in name.split(".") if p.isdigit()]
-    if len(ints) != 1:
-        raise ValueError(f"layer name {name!r} must hold exactly one integer, holds {ints}")
-    return ints[0]
-
-
 # ----------------------------------------------------------------------------------------------------
 # The two-stack checkpoint directory
-
-
-def _config(path: Path) -> dict:
-    f = path / "config.json"
-    if not f.exists():
-        raise FileNotFoundError(f"{path} has no config.json (not a HuggingFace model directory)")
-    return json.loads(f.read_text())
-
-
-def _weight_files(path: Path) -> list[Path]:
-    single = path / "model.safetensors"
-    if single.exists():
-        return [single]
-    index = path / "model.safetensors.index.json"
-    if index.exists():
-        return [path / s for s in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
-    raise FileNotFoundError(f"{path} holds no model.safetensors (or model.safetensors.index.json)")
 
 
 def check_same_architecture(base_cfg: dict, second_cfg: dict) -> None:
@@ -117,44 +85,59 @@ def check_same_architecture(base_cfg: dict, second_cfg: dict) -> None:
         raise ValueError("base and second checkpoints differ in architecture: " + "; ".join(diffs))
 
 
-def write_two_stack_checkpoint(base_dir: str | Path, second_dir: str | Path, out_dir: str | Path, alpha: float,
-                               t_base: float | None = None, t_second: float | None = None) -> Path:
-    """Write the directory vLLM loads the two-stack model from: every safetensors shard of both
-    checkpoints with tensor names prefixed `base.` / `second.` (one input shard in memory at a time),
-    an index, the base config with architectures = [TwoStackExtrapolationForCausalLM], the inner
-    architecture and alpha, and the second checkpoint's tokenizer files."""
-    from safetensors.torch import load_file, save_file
+def _row_blocks(header: dict[str, TensorHeader], max_bytes: int = ROW_BLOCK_BYTES) -> Iterator[torch.Tensor]:
+    """The tensors of one shard in header order, as row blocks of at most ~max_bytes (stored dtype)."""
+    for name, t in header.items():
+        rows = t.shape[0] if t.shape else 1
+        per = max(1, max_bytes // max(1, t.nbytes // max(1, rows)))
+        for start in range(0, rows, per):
+            yield read_rows(t, name, start, min(rows, start + per))
 
+
+def write_two_stack_checkpoint(base_dir: str | Path, second_dir: str | Path, out_dir: str | Path, alpha: float,
+                               t_base: float | None = None, t_second: float | None = None,
+                               overwrite: bool = False) -> Path:
+    """Write the new directory vLLM loads the two-stack model from: every safetensors shard of both
+    checkpoints with tensor names prefixed `base.` / `second.` (streamed a row block at a time), an
+    index, the base config with architectures = [TwoStackExtrapolationForCausalLM], the inner
+    architecture and alpha, and the second checkpoint's tokenizer and generation-config files.
+
+    The directory is written beside out_dir and renamed into place (`rlvr_nb.checkpoint_writes.atomic_dir`),
+    so the inputs are never touched: an out_dir that is, contains or lies inside base_dir or second_dir
+    is refused, as is an existing out_dir, unless overwrite=True and this package wrote all of it."""
     base_dir, second_dir, out_dir = Path(base_dir), Path(second_dir), Path(out_dir)
-    base_cfg, second_cfg = _config(base_dir), _config(second_dir)
+    refuse_overlap(out_dir, (base_dir, second_dir), "out_dir")
+    base_cfg, second_cfg = model_config(base_dir), model_config(second_dir)
     check_same_architecture(base_cfg, second_cfg)
+    check_same_tokenizer((base_dir, second_dir))
     inner = (base_cfg.get("architectures") or [None])[0]
     if inner is None:
         raise ValueError(f"{base_dir}/config.json names no architecture")
     if inner == ARCHITECTURE:
         raise ValueError(f"{base_dir} is already a two-stack checkpoint")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    weight_map: dict[str, str] = {}
-    total_bytes = 0
-    for stack, src in zip(STACKS, (base_dir, second_dir)):
-        files = _weight_files(src)
-        for i, f in enumerate(files):
-            tensors = {stack_weight_name(stack, k): v for k, v in load_file(str(f)).items()}
-            name = f"{stack}-{i + 1:05d}-of-{len(files):05d}.safetensors"
-            save_file(tensors, str(out_dir / name), metadata={"format": "pt"})
-            weight_map.update({k: name for k in tensors})
-            total_bytes += sum(v.numel() * v.element_size() for v in tensors.values())
-    (out_dir / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {"total_size": total_bytes}, "weight_map": weight_map}, indent=1))
-    cfg = dict(base_cfg)
-    cfg.update({"architectures": [ARCHITECTURE], "extrapolation_inner_architecture": inner,
-                "extrapolation_alpha": float(alpha), "extrapolation_t_base": t_base,
-                "extrapolation_t_second": t_second, "extrapolation_base_path": str(base_dir.resolve()),
-                "extrapolation_second_path": str(second_dir.resolve())})
-    (out_dir / "config.json").write_text(json.dumps(cfg, indent=2))
-    for f in SMALL_FILES:
-        if (second_dir / f).exists():
-            shutil.copyfile(second_dir / f, out_dir / f)
+    shards = {stack: weight_files(src) for stack, src in zip(STACKS, (base_dir, second_dir))}
+    headers = {stack: read_weight_index(src) for stack, src in zip(STACKS, (base_dir, second_dir))}
+    with atomic_dir(out_dir, (base_dir, second_dir), replace=overwrite) as tmp:
+        weight_map: dict[str, str] = {}
+        total_bytes = 0
+        for stack in STACKS:
+            for i, f in enumerate(shards[stack]):
+                part = {k: t for k, t in headers[stack].items() if t.file == f}
+                name = f"{stack}-{i + 1:05d}-of-{len(shards[stack]):05d}.safetensors"
+                specs = [(stack_weight_name(stack, k), t.dtype, t.shape) for k, t in part.items()]
+                write_safetensors(tmp / name, specs, {}, _row_blocks(part))
+                weight_map.update({n: name for n, _, _ in specs})
+                total_bytes += sum(t.nbytes for t in part.values())
+        write_json(tmp / WEIGHT_INDEX, {"metadata": {"total_size": total_bytes}, "weight_map": weight_map}, indent=1)
+        cfg = dict(base_cfg)
+        cfg.update({"architectures": [ARCHITECTURE], "extrapolation_inner_architecture": inner,
+                    "extrapolation_alpha": float(alpha), "extrapolation_t_base": t_base,
+                    "extrapolation_t_second": t_second, "extrapolation_base_path": str(base_dir.resolve()),
+                    "extrapolation_second_path": str(second_dir.resolve())})
+        write_json(tmp / "config.json", cfg)
+        for f in SMALL_FILES:
+            if (second_dir / f).is_file():
+                shutil.copyfile(second_dir / f, tmp / f)
     return out_dir
 
 
@@ -216,7 +199,7 @@ class TwoStackExtrapolationForCausalLM(torch.nn.Module):
         return torch.cat([h_base, h_second], dim=-1)  # [T, 2H]
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
-        """Each stack's LM head on its half, mixed in float32. [N, 2H] -> [N, V]"""
+        """Each stack's LM head on its half, mixed by `mix_logits` (float32). [N, 2H] -> [N, V]"""
         h_base, h_second = hidden_states.split(self.hidden_size, dim=-1)  # [N, H] each
         l_base = self.base.compute_logits(h_base)
         l_second = self.second.compute_logits(h_second)

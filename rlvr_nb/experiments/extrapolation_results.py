@@ -27,7 +27,7 @@ from rlvr_nb.extrapolate import (
 )
 
 Checkpoints = Mapping[int, Path]  # step -> checkpoint directory
-Curve = Mapping[float, EvalResult]  # alpha -> evaluation of the extrapolated model
+AlphaCurve = Mapping[float, EvalResult]  # alpha -> evaluation of the extrapolated model
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -63,7 +63,7 @@ def weight_extrapolation_curves(checkpoints: Checkpoints, t_base: int, t_seconds
             for t in t_seconds}
 
 
-def accuracy_grid(curves: Mapping[int, Curve]) -> dict[int, tuple[list[float], list[float]]]:
+def accuracy_grid(curves: Mapping[int, AlphaCurve]) -> dict[int, tuple[list[float], list[float]]]:
     """{t_second: (alphas, avg@k)} for the alpha slider's predicted-accuracy curve."""
     return {t: (sorted(c), [c[a].avg_at_k for a in sorted(c)]) for t, c in curves.items()}
 
@@ -125,7 +125,7 @@ class ExtrapolationFinding:
         return s
 
 
-def summarize_extrapolation(curve: Curve, t_base: int, t_second: int, rl: Mapping[int, EvalResult],
+def summarize_extrapolation(curve: AlphaCurve, t_base: int, t_second: int, rl: Mapping[int, EvalResult],
                             level: float = 0.95) -> ExtrapolationFinding:
     """Read finding (e) off one curve of Figure 5. The t_second checkpoint is `rl[t_second]` (or the
     curve's alpha = 1 point when RL lacks it); the peak is the largest avg@k over the curve's alphas,
@@ -257,7 +257,7 @@ def late_stage_decline(rl: Mapping[int, EvalResult], level: float = 0.95) -> Lat
 # Plots
 
 
-def plot_extrapolation_curves(ax, curves: Mapping[int, Curve], t_base: int, rl: Mapping[int, EvalResult],
+def plot_extrapolation_curves(ax, curves: Mapping[int, AlphaCurve], t_base: int, rl: Mapping[int, EvalResult],
                               title: str | None = None, k: int | None = None) -> None:
     """PAPER.md Figure 5: avg@k of weight-extrapolated models against the target step, one curve per
     t_second (error bars: 95% CI over questions, filled marker: the curve's peak), and actual RL (band: CI)."""
