@@ -82,9 +82,9 @@ def parse_step(name: str, layout: str | None = None) -> int | None:
     return None
 
 
-def read_step(ckpt_dir: str | Path) -> int:
+def read_step(ckpt_dir: str | Path, missing_ok: bool = False) -> int | None:
     """The training step of a checkpoint: trainer_state.json's "step" (ours) or "global_step" (HF), else the
-    step in its directory name (or its verl global_step_N parent)."""
+    step in its directory name (or its verl global_step_N parent); None when unknown and missing_ok."""
     d = Path(ckpt_dir)
     f = d / "trainer_state.json"
     if f.is_file():
@@ -95,6 +95,8 @@ def read_step(ckpt_dir: str | Path) -> int:
     for part in (d.name, *(p.name for p in d.parents[:2])):
         if (s := parse_step(part)) is not None:
             return s
+    if missing_ok:
+        return None
     where = f"no 'step' or 'global_step' in {f}" if f.is_file() else f"no {f.name} in {d}"
     raise CheckpointError(f"cannot tell the step of {d}: {where} and no step_N, checkpoint-N or global_step_N "
                           "in its name; give the step explicitly")
@@ -181,13 +183,30 @@ def scan_checkpoints(run_dir: str | Path, layout: str | None = None) -> list[Che
     if layout is not None:
         return scan_layout(run_dir, layout)
     present = {lay: cks for lay in LAYOUTS if (cks := scan_layout(run_dir, lay))}
+    initial = launcher_initial_model(run_dir)
     if set(present) == {"rlvr-nb", "verl"} and (run_dir / "launch.json").is_file():
         del present["verl"]  # the launcher's ingested copy of its own verl tree
     if len(present) > 1:
         where = "; ".join(f"{lay}: {cks[0].path} ... ({len(cks)} checkpoints)" for lay, cks in present.items())
         raise CheckpointError(f"{run_dir} holds checkpoints of {len(present)} layouts ({where}); they may be "
                               "different runs: choose one with layout=... (--layout on the command line)")
-    return next(iter(present.values()), [])
+    found = next(iter(present.values()), [])
+    if found and initial is not None and all(c.step != 0 for c in found):
+        found.insert(0, Checkpoint(0, initial, "bare", None))  # verl saves no step 0: the launcher's model is
+    return found
+
+
+def launcher_initial_model(run_dir: Path) -> Path | None:
+    """The model a run of `rlvr_nb.backends.verl_launcher` started from (its launch.json's model_path), or
+    None (no launcher run, or none named)."""
+    f = run_dir / "launch.json"
+    if not f.is_file():
+        return None
+    cfg = read_json(f)
+    path = (cfg.get("config") or {}).get("model_path") if isinstance(cfg, dict) else None
+    if path and not has_weights(Path(path)):
+        raise CheckpointError(f"{f} names model_path {path}, which holds no safetensors weights (step 0 of this run)")
+    return Path(path) if path else None
 
 
 def find_checkpoints(run_dir: str | Path, layout: str | None = None, *, allow_empty: bool = False) -> list[tuple[int, Path]]:

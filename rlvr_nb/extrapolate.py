@@ -29,7 +29,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from rlvr_nb.checkpoint_files import (TOKENIZER_FILES, TORCH_DTYPES, WEIGHT_INDEX, CheckpointError, check_same_tokenizer,
+from rlvr_nb.checkpoint_files import (TOKENIZER_FILES, TORCH_DTYPES, WEIGHT_INDEX, check_same_tokenizer,
                                       read_rows, read_safetensors_header, read_step, read_weight_index, weight_files)
 from rlvr_nb.checkpoint_writes import atomic_dir, refuse_overlap, write_safetensors
 from rlvr_nb.evaluate import EvalConfig, EvalResult, ModelPolicy, Policy, as_policy, evaluate
@@ -125,8 +125,8 @@ def extrapolate_weights(
         second_step = read_step(second) if second_step is None else second_step
         alpha = alpha_for(base_step, second_step, target_step)
     else:
-        base_step = base_step if base_step is not None else _maybe_step(base)
-        second_step = second_step if second_step is not None else _maybe_step(second)
+        base_step = base_step if base_step is not None else read_step(base, missing_ok=True)
+        second_step = second_step if second_step is not None else read_step(second, missing_ok=True)
         if base_step is not None and second_step is not None and base_step != second_step:
             target_step = target_step_for(base_step, second_step, alpha)
     if not math.isfinite(alpha) or alpha <= 0:
@@ -186,13 +186,6 @@ def extrapolate_weights(
                 "norm_weights": "copied from second"}
         (tmp / "extrapolation.json").write_text(json.dumps(note, indent=2))
     return out
-
-
-def _maybe_step(d: Path) -> int | None:
-    try:
-        return read_step(d)
-    except CheckpointError:
-        return None
 
 
 def weight_extrapolation_accuracy(

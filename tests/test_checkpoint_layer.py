@@ -262,3 +262,20 @@ def test_resume_does_not_rewrite_run_config(tmp_path):
     train_rl(rl, init, run, TaskConfig(digits=2, n_eval=4), progress=False, resume=True)
     after = (run / "run_config.json").stat().st_mtime_ns, (run / "run_config.json").stat().st_ino
     assert before == after
+
+
+def test_a_launcher_run_reads_its_ingested_copy_with_step_zero(tmp_path):
+    from rlvr_nb.backends.verl_launcher import ingest_verl_checkpoints
+
+    run = tmp_path / "run"
+    make_run(run / "verl_checkpoints", "verl", steps=(0, 10, 20, 30))
+    (run / "verl_checkpoints" / "global_step_0" / "actor" / "huggingface").rename(tmp_path / "init")
+    import shutil
+
+    shutil.rmtree(run / "verl_checkpoints" / "global_step_0")
+    (run / "verl_checkpoints" / "latest_checkpointed_iteration.txt").write_text("30")
+    (run / "launch.json").write_text(json.dumps({"config": {"model_path": str(tmp_path / "init")}}))
+    assert [(s, d.name) for s, d in find_checkpoints(run)][:2] == [(0, "init"), (10, "huggingface")]
+    ingest_verl_checkpoints(run / "verl_checkpoints", run, initial_model=tmp_path / "init")
+    found = scan_checkpoints(run)  # both trees now: the ingested copy is the run
+    assert [c.step for c in found] == [0, 10, 20, 30] and {c.layout for c in found} == {"rlvr-nb"}

@@ -48,6 +48,7 @@ def write_hf_dir(d: Path, tensors: dict[str, torch.Tensor], tokenizer=None, shar
             weight_map.update({n: fname for n in part})
         (d / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     model, tok = small_model_and_tokenizer()
+    model.config.architectures = [type(model).__name__]
     model.config.to_json_file(str(d / "config.json"))
     (tokenizer or tok).save_pretrained(d)
     if step is not None:

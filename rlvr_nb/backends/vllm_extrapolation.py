@@ -36,7 +36,7 @@ from typing import Iterable, Iterator
 import torch
 
 from rlvr_nb.backends.vllm_backend import model_config
-from rlvr_nb.checkpoint_files import (TOKENIZER_FILES, WEIGHT_INDEX, TensorHeader, check_same_tokenizer, read_rows,
+from rlvr_nb.checkpoint_files import (TOKENIZER_FILES, WEIGHT_INDEX, TensorHeader, check_same_tokenizer, read_rows, read_step,
                                       read_weight_index, weight_files)
 from rlvr_nb.checkpoint_writes import atomic_dir, refuse_overlap, write_json, write_safetensors
 from rlvr_nb.extrapolate import mix_logits
@@ -107,6 +107,8 @@ def write_two_stack_checkpoint(base_dir: str | Path, second_dir: str | Path, out
     is refused, as is an existing out_dir, unless overwrite=True and this package wrote all of it."""
     base_dir, second_dir, out_dir = Path(base_dir), Path(second_dir), Path(out_dir)
     refuse_overlap(out_dir, (base_dir, second_dir), "out_dir")
+    t_base = read_step(base_dir, missing_ok=True) if t_base is None else t_base
+    t_second = read_step(second_dir, missing_ok=True) if t_second is None else t_second
     base_cfg, second_cfg = model_config(base_dir), model_config(second_dir)
     check_same_architecture(base_cfg, second_cfg)
     check_same_tokenizer((base_dir, second_dir))
