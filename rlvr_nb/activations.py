@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from rlvr_nb.linearity import TrajectoryLinearity, trajectory_linearity
-from rlvr_nb.logprobs import Probe, default_device, teacher_forced_batch
+from rlvr_nb.logprobs import Probe, check_probes, default_device, teacher_forced_batch, tokenizer_dir, vocab_size
 from rlvr_nb.models import load_model, load_tokenizer
 from rlvr_nb.trajectory import Trajectory
 
@@ -78,7 +78,8 @@ def activation_trajectories(traj: Trajectory, probes: Sequence[Probe], cfg: Acti
                             progress: bool = True, device: str | None = None) -> tuple[np.ndarray, CoordinateSubset]:
     """The followed hidden-state coordinates at every checkpoint: ([T, C] float32, which coordinates), each
     checkpoint loaded on `device` (default: a GPU when visible)."""
-    tokenizer = load_tokenizer(traj.dirs[0])
+    check_probes(probes, vocab_size(traj.dirs[0]), traj.dirs[0], need_tokens=False)  # prompts' tokens suffice
+    tokenizer = load_tokenizer(tokenizer_dir(traj))
     rows, subset = [], None
     for d in tqdm(traj.dirs, desc="hidden states", unit="ckpt", disable=not progress):
         h = hidden_states(load_model(d).to(device or default_device()), tokenizer, probes, cfg.batch_size)  # [layers + 1, N, H]

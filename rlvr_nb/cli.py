@@ -1,6 +1,11 @@
 """The `rlvr-nb` command, for people who never open a notebook.
 
-    rlvr-nb linearity RUN_DIR [--base DIR] [--out DIR] [--json]
+    rlvr-nb linearity RUN_DIR [--base DIR] [--out DIR] [--json] [--layout {rlvr-nb,hf,verl}]
+    rlvr-nb watch RUN_DIR [--once] [--layout ...]
+
+Bad input (a missing or unreadable file, a corrupt checkpoint, NaN weights, ...) is one line on stderr
+naming the file, tensor, step or parameter, and exit status 2; no output lies inside an input, and a
+file is renamed into place only once complete (`rlvr_nb.checkpoint_writes`).
 
 Each subcommand is a `main(argv)` function somewhere in the package, named in `COMMANDS` and imported
 only when it is called; registering another one is one line there.
@@ -17,7 +22,7 @@ from typing import Sequence
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "linearity": ("rlvr_nb.cli:linearity_main", "R^2 of every weight (and of probe log-probs) of a run"),
-    "watch": ("rlvr_nb.monitor:main", "follow a run in progress: running R^2, drift stability, horizon"),
+    "watch": ("rlvr_nb.cli:watch_main", "follow a run in progress: running R^2, drift stability, horizon"),
 }
 """subcommand -> ("module:function" taking argv, one-line description)."""
 
@@ -36,7 +41,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     return result if isinstance(result, int) else 0
 
 
+def describe_error(e: BaseException) -> str:
+    """The one-line message of a bad-input error (an operating-system error names its file)."""
+    if isinstance(e, OSError) and e.filename is not None:
+        return f"{e.filename}: {e.strerror or e}"
+    if isinstance(e, KeyError) and e.args:
+        return str(e.args[0])
+    return str(e)
+
+
+BAD_INPUT = (OSError, ValueError, KeyError)
+"""What a command reports as bad input (CheckpointError is a ValueError); anything else is a bug."""
+
+
 def linearity_parser() -> argparse.ArgumentParser:
+    from rlvr_nb.checkpoint_files import LAYOUTS
     from rlvr_nb.linearity import LinearityConfig
 
     d = LinearityConfig()
@@ -45,6 +64,8 @@ def linearity_parser() -> argparse.ArgumentParser:
                                             "(PAPER.md Sec. 4); with --probes or --prompts also token log-prob R^2.")
     p.add_argument("run_dir", help="run directory (checkpoints/step_N, checkpoint-N or global_step_N layouts)")
     p.add_argument("--base", help="base model directory, counted as step 0")
+    p.add_argument("--layout", choices=LAYOUTS, help="read only checkpoints of this layout (a directory holding "
+                                                     "two layouts is an error without it)")
     p.add_argument("--out", help="directory for figures and linearity.json (default: ./linearity-<run name>)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
     p.add_argument("--sample-fraction", type=float, default=None, help="the paper's sampled mode, e.g. 0.001")
@@ -67,8 +88,8 @@ def linearity_main(argv: Sequence[str] | None = None) -> int:
     args = linearity_parser().parse_args(argv)
     try:
         report = run_linearity(args)
-    except (FileNotFoundError, ValueError, KeyError) as e:
-        print(f"rlvr-nb linearity: error: {e}", file=sys.stderr)
+    except BAD_INPUT as e:
+        print(f"rlvr-nb linearity: error: {describe_error(e)}", file=sys.stderr)
         return 2
     print(json.dumps(report, indent=2) if args.json else report["table"])
     return 0
@@ -82,8 +103,10 @@ def run_linearity(args: argparse.Namespace) -> dict:
     import matplotlib.pyplot as plt
 
     from rlvr_nb import figures
+    from rlvr_nb.checkpoint_writes import refuse_overlap, write_json
     from rlvr_nb.linearity import LinearityConfig, weight_linearity
-    from rlvr_nb.logprobs import ProbeConfig, load_probes, probes_from_first_checkpoint, save_probes, token_linearity
+    from rlvr_nb.logprobs import (ProbeConfig, check_probes, load_probes, probes_from_first_checkpoint, save_probes,
+                                  token_linearity, tokenizer_dir, vocab_size)
     from rlvr_nb.trajectory import load_trajectory
 
     progress = not args.no_progress
@@ -91,30 +114,47 @@ def run_linearity(args: argparse.Namespace) -> dict:
     out = Path(args.out) if args.out else Path.cwd() / f"linearity-{run_dir.resolve().name}"
     if args.probes and args.prompts:
         raise ValueError("give --probes or --prompts, not both")
-    traj = load_trajectory(run_dir, args.base, progress=progress)
+    traj = load_trajectory(run_dir, args.base, layout=args.layout, progress=progress)
+    names = ["weight_r2_hist.png", "weight_r2_module_layer.png", "weight_examples.png", "linearity.json"]
+    if args.probes or args.prompts:
+        names += ["token_r2_hist.png", "token_examples.png"] + (["probes.jsonl"] if args.prompts else [])
+    # before any weight is read: no output may be, or lie inside, a checkpoint of the run
+    targets = [(out / n, "output") for n in names] + ([(Path(args.save_r2), "--save-r2")] if args.save_r2 else [])
+    for target, what in targets:
+        refuse_overlap(target, traj.dirs, what)
+    token_traj = traj if not args.skip_first else traj.without_first(args.skip_first)
+    probes = prompts = None
+    if args.probes:  # checked now, not after the weight pass
+        probes = load_probes(args.probes)
+        check_probes(probes, vocab_size(traj.dirs[0]), traj.dirs[0])
+    elif args.prompts:
+        prompts = [line for line in Path(args.prompts).read_text().splitlines() if line.strip()]
+        if not prompts:
+            raise ValueError(f"--prompts {args.prompts} holds no prompt (no non-empty line)")
+        tokenizer_dir(traj)
     cfg = LinearityConfig(min_range=args.min_range, min_distinct=args.min_distinct,
                           sample_fraction=args.sample_fraction, skip_first=args.skip_first, drift=not args.no_drift)
     res = weight_linearity(traj, cfg, save_r2=args.save_r2, progress=progress)
     report = res.to_dict()
     report["table"] = res.table()
+    tok = None
+    if prompts is not None:
+        pcfg = ProbeConfig(responses_per_prompt=args.responses_per_prompt, max_new_tokens=args.max_new_tokens)
+        probes = probes_from_first_checkpoint(traj, prompts, pcfg, progress=progress)
+    if probes is not None:
+        tok = token_linearity(token_traj, probes, min_change=args.min_change, progress=progress)
+        report["token_logprob"] = tok.to_dict()
+        report["table"] += "\n" + token_table(tok)
+    # everything is measured: the outputs now (figures, then linearity.json)
     written = [
         figures.save_figure(figures.plot_r2_histograms({run_dir.name: res.overall}), "weight_r2_hist", out),
         figures.save_figure(figures.plot_module_layer_heatmap({run_dir.name: res.per_module_layer}),
                             "weight_r2_module_layer", out),
         figures.save_figure(figures.plot_example_trajectories(res.examples, res.steps), "weight_examples", out),
     ]
-    if args.probes or args.prompts:
-        if args.prompts:
-            prompts = [line for line in Path(args.prompts).read_text().splitlines() if line.strip()]
-            pcfg = ProbeConfig(responses_per_prompt=args.responses_per_prompt, max_new_tokens=args.max_new_tokens)
-            probes = probes_from_first_checkpoint(traj, prompts, pcfg, progress=progress)
-            written.append(save_probes(probes, out / "probes.jsonl"))
-        else:
-            probes = load_probes(args.probes)
-        tok = token_linearity(traj if not args.skip_first else traj.without_first(args.skip_first), probes,
-                              min_change=args.min_change, progress=progress)
-        report["token_logprob"] = tok.to_dict()
-        report["table"] += "\n" + token_table(tok)
+    if prompts is not None:
+        written.append(save_probes(probes, out / "probes.jsonl", inputs=traj.dirs))
+    if tok is not None:
         written += [
             figures.save_figure(figures.plot_r2_histograms({run_dir.name: tok.overall}, "token log-prob R$^2$"),
                                 "token_r2_hist", out),
@@ -122,10 +162,37 @@ def run_linearity(args: argparse.Namespace) -> dict:
                                 "token_examples", out),
         ]
     plt.close("all")
-    (out / "linearity.json").write_text(json.dumps({k: v for k, v in report.items() if k != "table"}, indent=2))
+    write_json(out / "linearity.json", {k: v for k, v in report.items() if k != "table"}, traj.dirs)
     report["written"] = [str(p) for p in written + [out / "linearity.json"]]
     report["table"] += f"\nwrote {len(report['written'])} files to {out}"
     return report
+
+
+def watch_main(argv: Sequence[str] | None = None) -> int:
+    """`rlvr-nb watch` (`rlvr_nb.monitor.watch`): exit status 0, or 2 after bad input (one line on stderr) or
+    when a checkpoint could not be used (its error row in the table)."""
+    from rlvr_nb.checkpoint_files import LAYOUTS
+    from rlvr_nb.monitor import MonitorConfig, watch
+
+    p = argparse.ArgumentParser(prog="rlvr-nb watch", description="Follow a run directory's weight linearity.")
+    p.add_argument("run_dir")
+    p.add_argument("--interval", type=float, default=60.0, help="seconds between looks at the run directory")
+    p.add_argument("--out", default=None, help="where to write linearity_monitor.png/.jsonl (default: run_dir)")
+    p.add_argument("--initial-model", default=None, help="HF directory to take as step 0 (TRL and verl save none)")
+    p.add_argument("--layout", choices=LAYOUTS, help="read only checkpoints of this layout (a directory holding "
+                                                     "two layouts is an error without it)")
+    p.add_argument("--sample-fraction", type=float, default=MonitorConfig.sample_fraction)
+    p.add_argument("--skill-min", type=float, default=MonitorConfig.skill_min)
+    p.add_argument("--once", action="store_true", help="one pass over the checkpoints present, then exit")
+    a = p.parse_args(argv)
+    try:
+        cfg = MonitorConfig(sample_fraction=a.sample_fraction, skill_min=a.skill_min)
+        m = watch(a.run_dir, a.interval, out_dir=a.out, initial_model=a.initial_model, cfg=cfg, once=a.once,
+                  layout=a.layout)
+    except BAD_INPUT as e:
+        print(f"rlvr-nb watch: error: {describe_error(e)}", file=sys.stderr)
+        return 2
+    return 2 if m.errors else 0
 
 
 def token_table(tok) -> str:

@@ -27,7 +27,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from rlvr_nb.streaming import HIST_BINS, ChunkAccumulator, chunk_stats
+from rlvr_nb.checkpoint_writes import atomic_file
+from rlvr_nb.streaming import (HIST_BINS, ChunkAccumulator, as_float, centred_steps, chunk_spans, chunk_stats,
+                               histogram_median, kernel_bits, middle_values)
 from rlvr_nb.trajectory import MappedReader, Rows, Trajectory, raise_nonfinite
 
 
@@ -173,13 +175,13 @@ class WeightLinearity:
 # The equations
 # ---------------------------------------------------------------------------------------------
 
-def r2_against_steps(values: np.ndarray, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def r2_against_steps(values: np.ndarray, steps) -> tuple[np.ndarray, np.ndarray]:
     """PAPER.md Sec. 4, linearity: R^2 and slope of the least-squares line of each trajectory vs step.
 
     values [T, n], steps [T] -> (R^2 [n], slope [n]) in float64; R^2 is NaN for a constant trajectory.
     """
     y = np.asarray(values, np.float64)  # [T, n]
-    tc = np.asarray(steps, np.float64) - np.mean(steps)  # [T]
+    tc = centred_steps(steps)  # [T], exact for integer steps of any size
     yc = y - y.mean(axis=0)  # [T, n]
     s_tt = tc @ tc
     s_ty = tc @ yc  # [n]
@@ -197,9 +199,17 @@ def drift_spectrum(gram: np.ndarray) -> DriftSpectrum:
     eigenvalues are the variances along the principal directions. Nothing of size T x P is formed.
     """
     T = gram.shape[0]
+    if not np.isfinite(gram).all():
+        raise ValueError("drift spectrum: the Gram matrix of the weight trajectory is not finite (non-finite "
+                         "weights); run with drift=False (--no-drift) to measure R^2 alone")
     c = np.eye(T) - np.full((T, T), 1.0 / T)
-    eig = np.linalg.eigvalsh(c @ gram @ c)[::-1]
-    return DriftSpectrum(np.clip(eig, 0.0, None))
+    scale = float(np.abs(gram).max()) if gram.size else 0.0  # the eigen solver is given entries of order 1
+    centred = c @ (gram / scale) @ c if scale > 0 else np.zeros((T, T))
+    try:
+        eig = np.linalg.eigvalsh(centred)[::-1]
+    except np.linalg.LinAlgError:  # the singular values of a symmetric PSD matrix are its eigenvalues
+        eig = np.linalg.svd(centred, compute_uv=False)
+    return DriftSpectrum(np.clip(eig, 0.0, None) * scale)
 
 
 def summarize_r2(r2: np.ndarray, threshold: float = 0.7) -> R2Summary:
@@ -223,15 +233,6 @@ def summary_from_counts(hist: np.ndarray, total: int, sum_r2: float, above: int,
         return R2Summary(0, int(total), math.nan, math.nan, math.nan, hist)
     median = float(np.median(values)) if values is not None else histogram_median(hist)
     return R2Summary(count, int(total), float(sum_r2 / count), median, above / count, hist)
-
-
-def histogram_median(hist: np.ndarray) -> float:
-    """Median of values binned in equal bins on [0, 1], interpolated linearly inside its bin."""
-    cum = np.cumsum(hist)
-    half = cum[-1] / 2
-    b = int(np.searchsorted(cum, half))
-    before = cum[b - 1] if b > 0 else 0
-    return (b + (half - before) / hist[b]) / len(hist)
 
 
 def merge_summaries(parts: list[R2Summary]) -> R2Summary:
@@ -273,7 +274,7 @@ def trajectory_linearity(values: np.ndarray, steps, keep: np.ndarray | None = No
     values = np.asarray(values, np.float64)
     if values.ndim != 2 or values.shape[0] != len(steps):
         raise ValueError(f"values must be [T, n] with T = {len(steps)} checkpoints, got shape {values.shape}")
-    r2, slope = r2_against_steps(values, np.asarray(steps, np.float64))
+    r2, slope = r2_against_steps(values, steps)
     kept = np.isfinite(r2) if keep is None else (np.asarray(keep, bool) & np.isfinite(r2))
     r2 = np.where(kept, r2, np.nan)
     by_group: dict[str, R2Summary] = {}
@@ -321,6 +322,26 @@ def sample_indices(name: str, numel: int, cfg: LinearityConfig) -> np.ndarray | 
     return np.sort(rng.choice(numel, size=k, replace=False))
 
 
+def sample_r2(values: np.ndarray, steps, cfg: LinearityConfig = LinearityConfig()) -> tuple[np.ndarray, R2Summary]:
+    """The engine's R^2 of trajectories held in memory, values [T, n] float32 (sampled entries, as
+    `rlvr_nb.monitor` follows them): the same kernel (`chunk_stats`), filters and summary as
+    `weight_linearity` (its overall median is read from the same histogram). Returns (R^2 [n] float32, NaN
+    where excluded; the summary). ValueError when a value is NaN or Inf."""
+    values = np.ascontiguousarray(values, np.float32)
+    if values.ndim != 2 or values.shape[0] != len(steps):
+        raise ValueError(f"values must be [T, n] with T = {len(steps)} checkpoints, got shape {values.shape}")
+    acc = ChunkAccumulator(len(steps), n_threads=1 if values.shape[1] < (1 << 16) else None)
+    try:
+        r2, _ = chunk_stats(kernel_bits(values), list(steps), acc, min_range=cfg.min_range,
+                            min_distinct=cfg.min_distinct, threshold=cfg.threshold, gram=False)
+    finally:
+        acc.close()
+    hist, a = acc.take_counts()
+    if a[3] > 0:
+        raise ValueError(f"{int(a[3])} of the {values.shape[1]} trajectories hold a NaN or Inf")
+    return r2, summary_from_counts(hist, values.shape[1], a[1], int(a[2]))
+
+
 def weight_linearity(
     traj: Trajectory,
     cfg: LinearityConfig = LinearityConfig(),
@@ -332,7 +353,8 @@ def weight_linearity(
 
     Reads each tensor chunk by chunk across all checkpoints (memory ~ T x chunk_elems, whatever the model
     size), one pass over the data. With `save_r2`, writes the per-parameter R^2 (NaN where excluded) as a
-    safetensors file with the model's tensor names.
+    safetensors file with the model's tensor names: a path that is, or lies inside, one of the checkpoints
+    is refused before any weight is read, and the file appears only once complete (`R2Writer`).
     """
     if cfg.skip_first:
         traj = traj.without_first(cfg.skip_first)
@@ -340,14 +362,15 @@ def weight_linearity(
         raise ValueError(f"sample_fraction must be in (0, 1], got {cfg.sample_fraction}")
     if save_r2 is not None and cfg.sample_fraction is not None:
         raise ValueError("save_r2 needs every parameter; it cannot be combined with sample_fraction")
-    steps = np.asarray(traj.steps, np.float64)  # [T]
+    steps = list(traj.steps)  # [T] integers: the kernel centres them exactly
     rng = np.random.default_rng(cfg.seed)
     analysed = {n: i for n, i in traj.tensors.items() if i.is_float and i.numel > 0}
+    # before any weight is read: refuses a path that is, or lies inside, a checkpoint of the trajectory
+    writer = R2Writer(save_r2, {n: i.shape for n, i in analysed.items()}, traj.dirs) if save_r2 is not None else None
     acc = ChunkAccumulator(len(steps))
-    writer = R2Writer(save_r2, {n: i.shape for n, i in analysed.items()}) if save_r2 is not None else None
     per_tensor: dict[str, R2Summary] = {}
     pool: list[Example] = []
-    t0 = time.perf_counter()
+    t0, ok = time.perf_counter(), False
     bar = tqdm(total=sum(i.numel for i in analysed.values()), desc="weight R^2", unit="param", unit_scale=True,
                disable=not progress)
     try:
@@ -358,11 +381,12 @@ def weight_linearity(
                 bar.set_postfix_str(name[-40:], refresh=False)
                 per_tensor[name] = tensor_pass(traj, name, cfg, steps, acc, reader, writer, pool, rng, bar, mapped,
                                                out)
+        ok = True
     finally:
         bar.close()
         acc.close()
         if writer is not None:
-            writer.close()
+            writer.close(ok)  # renamed into place only when complete; else removed
     per_module_layer = {k: merge_summaries(v) for k, v in sorted(group_by(per_tensor, module_and_layer).items())}
     per_module = {k: merge_summaries(v) for k, v in sorted(group_by(per_module_layer, lambda ml: ml[0]).items())}
     return WeightLinearity(
@@ -375,7 +399,7 @@ def weight_linearity(
     )
 
 
-def tensor_pass(traj: Trajectory, name: str, cfg: LinearityConfig, steps: np.ndarray, acc: ChunkAccumulator,
+def tensor_pass(traj: Trajectory, name: str, cfg: LinearityConfig, steps: list[int], acc: ChunkAccumulator,
                 reader: ThreadPoolExecutor, writer: "R2Writer | None", pool: list[Example],
                 rng: np.random.Generator, bar, mapped: MappedReader | None = None,
                 out: tuple[np.ndarray, np.ndarray] | None = None) -> R2Summary:
@@ -421,61 +445,12 @@ def r2_buffers(cfg: LinearityConfig) -> tuple[np.ndarray, np.ndarray]:
     return np.empty(max(EXACT_MEDIAN_MAX, cfg.chunk_elems), np.float32), np.empty(cfg.chunk_elems, np.float32)
 
 
-def middle_values(r2_chunks: list[np.ndarray], hist: np.ndarray) -> np.ndarray:
-    """The middle one or two of the kept (not NaN) R^2 values of all chunks [1 or 2], so that their median
-    is the exact median of all of them. The histogram of the kept values names the bins that hold the
-    middle ranks; only the values in those bins are gathered and partitioned."""
-    count = int(hist.sum())
-    if count == 0:
-        return np.empty(0, np.float32)
-    nbins = len(hist)
-    cum = np.cumsum(hist)
-    ranks = np.array([(count - 1) // 2, count // 2])  # 0-based ranks of the middle values
-    first, last = np.searchsorted(cum, ranks + 1)  # bins holding them
-    lo, hi = (first - 1) / nbins, (last + 2) / nbins  # a margin of one bin: the exact test follows
-    near = np.concatenate([r[(r >= lo) & (r < hi)] for r in r2_chunks])  # NaN compares False
-    bins = np.minimum((near.astype(np.float64) * nbins).astype(np.int64), nbins - 1)  # as the kernel bins
-    inside = np.sort(near[(bins >= first) & (bins <= last)])
-    before = int(cum[first - 1]) if first > 0 else 0
-    return inside[np.unique(ranks - before)]
-
-
 def group_by(summaries: dict, key) -> dict:
     """{key(name): [summaries]} of a dict of summaries."""
     groups: dict = {}
     for name, s in summaries.items():
         groups.setdefault(key(name), []).append(s)
     return groups
-
-
-def chunk_spans(numel: int, idx: np.ndarray | None, chunk_elems: int) -> list[tuple[int, int, np.ndarray | None]]:
-    """(start, stop, columns to keep relative to start or None) of each chunk of a flattened tensor."""
-    if idx is None:
-        return [(s, min(s + chunk_elems, numel), None) for s in range(0, numel, chunk_elems)]
-    spans = []
-    for s in range(0, numel, chunk_elems):
-        sel = idx[(idx >= s) & (idx < s + chunk_elems)]
-        if sel.size:
-            spans.append((int(sel[0]), int(sel[-1]) + 1, sel - sel[0]))
-    return spans
-
-
-def kernel_bits(values: np.ndarray | Rows) -> np.ndarray | Rows:
-    """Raw values [T, n] (an array or T rows) as the kernel's input: bf16 bits (uint16) or float32 bits
-    (int32), without a copy for bf16 and float32."""
-    if values.dtype == np.uint16:
-        return values
-    if isinstance(values, Rows) and values.dtype == np.float32:
-        return Rows(row.view(np.int32) for row in values)
-    return np.ascontiguousarray(values, dtype=np.float32).view(np.int32)
-
-
-def as_float(values: np.ndarray | Rows) -> np.ndarray:
-    """Raw values (bf16 bits or floats) [T, n] (an array or T rows) as float64."""
-    values = np.asarray(values)
-    if values.dtype == np.uint16:
-        return (values.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
-    return values.astype(np.float64)
 
 
 def keep_examples(reservoir: list[Example], name: str, values: np.ndarray, r2: np.ndarray, slope: np.ndarray,
@@ -500,10 +475,12 @@ def choose_examples(pool: list[Example], n: int) -> list[Example]:
 
 
 class R2Writer:
-    """Writes per-parameter R^2 as a safetensors file (float32, model tensor names) as chunks arrive,
-    so the full map never has to be held in memory."""
+    """Writes per-parameter R^2 as a safetensors file (float32, model tensor names) as chunks arrive, so the
+    full map never has to be held in memory. The file is written through `checkpoint_writes.atomic_file`:
+    a path that is, or lies inside, one of the `inputs` (the checkpoints) is refused before anything is
+    written, and the file appears only when `close(True)`; `close(False)` removes the partial file."""
 
-    def __init__(self, path: str | Path, shapes: dict[str, tuple[int, ...]]):
+    def __init__(self, path: str | Path, shapes: dict[str, tuple[int, ...]], inputs=()):
         header, offset = {}, 0
         for name, shape in shapes.items():
             nbytes = 4 * math.prod(shape)
@@ -513,12 +490,20 @@ class R2Writer:
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.path, "wb")
+        self.context = atomic_file(self.path, inputs, mode="wb")
+        self.file = self.context.__enter__()
         self.file.write(len(raw).to_bytes(8, "little") + raw)
 
     def write(self, r2: np.ndarray) -> None:
         self.file.write(np.ascontiguousarray(r2, np.float32).tobytes())
 
-    def close(self) -> None:
-        self.file.close()
+    def close(self, complete: bool = True) -> None:
+        """Rename the file into place (complete) or remove it."""
+        if complete:
+            self.context.__exit__(None, None, None)
+        else:
+            error = RuntimeError(f"R^2 map {self.path} not completed")
+            try:
+                self.context.__exit__(RuntimeError, error, None)
+            except RuntimeError:
+                pass

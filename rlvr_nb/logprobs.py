@@ -9,6 +9,10 @@ Each response token's teacher-forced log-prob
 is a trajectory over the checkpoints t; tokens whose log-prob changed by more than 0.2 between the first
 and the last checkpoint are kept, and each gets the R^2 of its least-squares line against the step
 (`linearity.r2_against_steps`, the same function as for weights).
+
+The tokenizer is read from the first checkpoint that holds tokenizer files (trainers do not always save
+one; `load_trajectory` has checked that those that do agree). Probes are checked against the model's
+vocabulary before any forward pass: an id outside it is an error naming the probe, the id and the size.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
+from rlvr_nb.checkpoint_files import CheckpointError, has_tokenizer, read_json
+from rlvr_nb.checkpoint_writes import write_text
 from rlvr_nb.linearity import TrajectoryLinearity, trajectory_linearity
 from rlvr_nb.models import load_model, load_tokenizer
 from rlvr_nb.sampling import encode_prompts, generate
@@ -81,7 +87,41 @@ def sample_probes(model: PreTrainedModel, tokenizer, prompts: Sequence[str], cfg
 def probes_from_first_checkpoint(traj: Trajectory, prompts: Sequence[str], cfg: ProbeConfig = ProbeConfig(),
                                  progress: bool = True) -> list[Probe]:
     """Probe responses sampled from the trajectory's first checkpoint (the paper: the base model)."""
-    return sample_probes(load_model(traj.dirs[0]), load_tokenizer(traj.dirs[0]), prompts, cfg, progress)
+    tokenizer = load_tokenizer(tokenizer_dir(traj))
+    return sample_probes(load_model(traj.dirs[0]), tokenizer, prompts, cfg, progress)
+
+
+def tokenizer_dir(traj: Trajectory) -> Path:
+    """The first checkpoint directory of the trajectory that holds tokenizer files; ValueError when none does."""
+    for d in traj.dirs:
+        if has_tokenizer(d):
+            return d
+    raise ValueError(f"no checkpoint of the trajectory holds a tokenizer (no tokenizer.json, tokenizer.model or "
+                     f"vocab.json in {traj.dirs[0]} or the {len(traj.dirs) - 1} other checkpoint directories); "
+                     "token log-probs need one: copy the base model's tokenizer files into a checkpoint, or pass "
+                     "the base model (--base) as step 0")
+
+
+def check_probes(probes: Sequence[Probe], vocab_size: int, where: str | Path, need_tokens: bool = True) -> None:
+    """ValueError for an empty probe set (no response tokens, when need_tokens) or for a response token id
+    outside the model's vocabulary, naming the probe, the id and the vocabulary size."""
+    if need_tokens and not any(p.response_ids for p in probes):
+        raise ValueError(f"the probe set holds no response tokens ({len(probes)} probe(s), every response empty): "
+                         "there is no token log-prob to measure")
+    for i, p in enumerate(probes):
+        bad = [t for t in p.response_ids if not 0 <= t < vocab_size]
+        if bad:
+            raise ValueError(f"probe {i} (prompt {p.prompt!r}) has response token id {bad[0]}, outside the "
+                             f"vocabulary of {vocab_size} tokens of the model in {where}")
+
+
+def vocab_size(model_dir: str | Path) -> int:
+    """The vocabulary size in a checkpoint's config.json (the rows of its input embedding)."""
+    cfg = read_json(Path(model_dir) / "config.json")
+    size = cfg.get("vocab_size", (cfg.get("text_config") or {}).get("vocab_size")) if isinstance(cfg, dict) else None
+    if not isinstance(size, int):
+        raise CheckpointError(f"{Path(model_dir) / 'config.json'} gives no vocab_size")
+    return size
 
 
 def probe_file(run_dir: str | Path, prompts: Sequence[str], cfg: ProbeConfig) -> Path:
@@ -101,12 +141,10 @@ def ensure_probes(traj: Trajectory, run_dir: str | Path, prompts: Sequence[str],
     return probes, save_probes(probes, path)
 
 
-def save_probes(probes: Sequence[Probe], path: str | Path) -> Path:
-    """One JSON object per line: prompt, response_ids, response_text."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(asdict(p)) + "\n" for p in probes))
-    return path
+def save_probes(probes: Sequence[Probe], path: str | Path, inputs: Sequence[str | Path] = ()) -> Path:
+    """One JSON object per line: prompt, response_ids, response_text (written atomically; a path that is
+    or lies inside one of `inputs` is refused)."""
+    return write_text(path, "".join(json.dumps(asdict(p)) + "\n" for p in probes), inputs)
 
 
 def load_probes(path: str | Path) -> list[Probe]:
@@ -171,8 +209,10 @@ def default_device() -> str:
 def logprob_trajectories(traj: Trajectory, probes: Sequence[Probe], batch_size: int = 256,
                          progress: bool = True, device: str | None = None) -> np.ndarray:
     """Log-prob of every probe response token at every checkpoint: [T, N] float64 (each checkpoint is
-    loaded on `device`, default `default_device()`)."""
-    batches = teacher_forced_batches(load_tokenizer(traj.dirs[0]), probes, batch_size)
+    loaded on `device`, default `default_device()`). ValueError for probes without response tokens or with
+    ids outside the model's vocabulary."""
+    check_probes(probes, vocab_size(traj.dirs[0]), traj.dirs[0])
+    batches = teacher_forced_batches(load_tokenizer(tokenizer_dir(traj)), probes, batch_size)
     rows = []
     for d in tqdm(traj.dirs, desc="teacher-forcing probes", unit="ckpt", disable=not progress):
         rows.append(response_logprobs(load_model(d).to(device or default_device()), None, probes, batches=batches))

@@ -2,12 +2,14 @@
 steady the drift direction is, and how far the run's own history says a linear extrapolation holds.
 
 Three readings per checkpoint, on a fixed random sample of weight entries (as in the paper, 0.1% of each
-tensor, at least 50 entries), so that memory stays small for any model size:
+tensor, at least 50), so that memory stays small for any model size:
 
-- running weight R^2 (PAPER.md Sec. 4, weight linearity) over all checkpoints so far;
-- drift stability: cosine between consecutive checkpoint deltas, and between the latest delta and the
-  overall direction w_k - w_0; `pace` compares the distance covered along that direction with the time
-  elapsed (1: constant speed, < 1: slowing down);
+- running weight R^2 (PAPER.md Sec. 4, weight linearity) over all checkpoints so far: the entries, the
+  filters and the R^2 are those of `rlvr-nb linearity --sample-fraction` (`linearity.sample_indices`,
+  `linearity.sample_r2`, the engine's kernel), so on a finished run the last row equals its numbers;
+- drift stability: cosine (`motion.cosine`) between consecutive checkpoint deltas, and between the latest
+  delta and the overall direction w_k - w_0; `pace` compares the distance covered along that direction
+  with the time elapsed (1: constant speed, < 1: slowing down);
 - a suggested extrapolation horizon (PAPER.md Sec. 6, weight extrapolation replayed on the run's own
   past): extrapolate from w_0 through an earlier checkpoint w_j by alpha_j = (t_k - t_0) / (t_j - t_0),
   compare with the latest checkpoint w_k, and score skill = 1 - |pred - w_k| / |w_j - w_k| (1: exact,
@@ -16,47 +18,71 @@ tensor, at least 50 entries), so that memory stays small for any model size:
   accuracy peaked near alpha ~1.3 (t1 = 1400 -> 1800).
 
 Two ways in: `LinearityCallback` for `transformers.Trainer` / TRL's `GRPOTrainer(callbacks=[...])`, and
-`watch(run_dir)` (`python -m rlvr_nb.monitor RUN_DIR`), which follows any run directory as checkpoints
-appear: ours (checkpoints/step_N), HF Trainer / TRL (checkpoint-N), verl (global_step_N/actor/huggingface).
-Both print a table row per checkpoint and refresh `linearity_monitor.png` and `linearity_monitor.jsonl`.
+`watch(run_dir)` (`rlvr-nb watch RUN_DIR`), which follows a run directory as checkpoints appear; they are
+found by the checkpoint layer (`checkpoint_files.scan_checkpoints`: ours, HF Trainer / TRL, verl). A
+checkpoint is read when its writer has marked it complete, or, without a marker, when its safetensors
+headers validate and its files' sizes and mtimes are equal on two consecutive looks; one whose files change
+after it was read is read again and the rows from its step on are recomputed. A checkpoint that cannot be
+used (NaN weights, a corrupt or unreadable file) is an error row naming the tensor, file and step; it is
+tried again when its files change. Both print a table row per checkpoint and rewrite
+`linearity_monitor.png` and `linearity_monitor.jsonl` atomically (`checkpoint_writes`).
 """
 
 from __future__ import annotations
 
-import argparse
-import hashlib
+import bisect
 import json
 import math
-import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+import numpy as np
 import torch
+
+from rlvr_nb.checkpoint_files import (TORCH_DTYPES, CheckpointError, files_signature, has_weights, read_json,
+                                      read_tensors, read_weight_index, scan_checkpoints)
+from rlvr_nb.checkpoint_writes import atomic_file, write_text
+from rlvr_nb.cli import describe_error
+from rlvr_nb.linearity import LinearityConfig, sample_indices, sample_r2
+from rlvr_nb.motion import cosine
 
 try:  # the callback is a TrainerCallback when transformers is there (it always is in this package)
     from transformers import TrainerCallback
 except ImportError:  # pragma: no cover
     TrainerCallback = object  # type: ignore[misc,assignment]
 
+FLOATING = {d for d, t in TORCH_DTYPES.items() if t.is_floating_point}
+"""safetensors dtypes followed (those the R^2 engine analyses)."""
+
 
 @dataclass(frozen=True)
 class MonitorConfig:
-    sample_fraction: float = 1e-3
-    """Fraction of each tensor's entries followed (the paper: 0.1%)."""
-    min_per_tensor: int = 50
+    sample_fraction: float | None = 1e-3
+    """Fraction of each tensor's entries followed (the paper: 0.1%); None: every entry."""
+    min_samples: int = 50
     """At least this many entries per tensor (all of them in smaller tensors)."""
     min_range: float = 1e-4
     """Sec. 4 filter: an entry counts for R^2 only if it moved more than this over the checkpoints."""
     min_distinct: int = 4
     """Sec. 4 filter: ... and took at least this many distinct values (bf16 moves in steps)."""
-    r2_threshold: float = 0.7
+    threshold: float = 0.7
     """Report the fraction of entries with R^2 above this (the paper: > 70% of weights)."""
     skill_min: float = 0.5
     """Smallest backtest skill for an extrapolation factor to count as supported."""
     seed: int = 0
     """Seed of the entry sample (with the tensor name, so every checkpoint gets the same entries)."""
+
+    def __post_init__(self) -> None:
+        if self.sample_fraction is not None and not 0 < self.sample_fraction <= 1:
+            raise ValueError(f"sample_fraction must be in (0, 1], got {self.sample_fraction}")
+
+    def linearity(self) -> LinearityConfig:
+        """The engine's configuration with the same entries and filters (`rlvr-nb linearity --sample-fraction`)."""
+        return LinearityConfig(min_range=self.min_range, min_distinct=self.min_distinct,
+                               sample_fraction=self.sample_fraction, min_samples=self.min_samples,
+                               threshold=self.threshold, seed=self.seed, drift=False)
 
 
 @dataclass
@@ -68,7 +94,7 @@ class MonitorRow:
     r2_median: float
     """Median R^2 of the kept entries' line fits over all checkpoints (nan until min_distinct checkpoints)."""
     r2_frac_above: float
-    """Fraction of kept entries with R^2 > r2_threshold."""
+    """Fraction of kept entries with R^2 > threshold."""
     n_kept: int
     """Entries that pass the range / distinct-values filter."""
     cos_prev: float
@@ -86,57 +112,37 @@ class MonitorRow:
 
 
 # ----------------------------------------------------------------------------------------------------
-# The measures (each on a [K, P] matrix: K checkpoints, P sampled entries)
+# The drift measures (each on float32 vectors of the followed entries, computed in float64; steps as integers)
 
 
-def linear_r2(values: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
-    """PAPER.md Sec. 4, weight linearity: R^2 of the least-squares line w(t) ~ a + b t, per column.
-
-    values [K, P], steps [K] -> [P]; a column that never moves gets R^2 = 0."""
-    t = steps.double() - steps.double().mean()  # [K]
-    v = values.double() - values.double().mean(0)  # [K, P]
-    ss_tot = (v * v).sum(0)  # [P]
-    ss_reg = (t @ v) ** 2 / (t @ t)  # [P]
-    return torch.where(ss_tot > 0, ss_reg / ss_tot.clamp_min(1e-300), torch.zeros_like(ss_tot)).float()
+def delta(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a - b in float64."""
+    return np.asarray(a, np.float64) - np.asarray(b, np.float64)
 
 
-def keep_mask(values: torch.Tensor, min_range: float, min_distinct: int) -> torch.Tensor:
-    """PAPER.md Sec. 4 filter: the entry's range exceeds min_range and it took >= min_distinct values. [P]"""
-    rng = values.max(0).values - values.min(0).values  # [P]
-    sorted_v = values.sort(0).values  # [K, P]
-    distinct = 1 + (sorted_v[1:] != sorted_v[:-1]).sum(0)  # [P]
-    return (rng > min_range) & (distinct >= min_distinct)
-
-
-def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    na, nb = a.double().norm(), b.double().norm()
-    return float(a.double() @ b.double() / (na * nb)) if na > 0 and nb > 0 else math.nan
-
-
-def drift_pace(w0: torch.Tensor, w_prev: torch.Tensor, w_last: torch.Tensor, t0: float, t_prev: float, t_last: float) -> float:
+def drift_pace(w0: np.ndarray, w_prev: np.ndarray, w_last: np.ndarray, t0: int, t_prev: int, t_last: int) -> float:
     """Least-squares alpha with w0 + alpha (w_prev - w0) ~ w_last, over the time ratio (t_last - t0) / (t_prev - t0)."""
-    d = (w_prev - w0).double()
-    if d.norm() == 0 or t_prev == t0:
+    d = delta(w_prev, w0)
+    dd = float(d @ d)
+    if dd == 0 or t_prev == t0:
         return math.nan
-    alpha_fit = float(d @ (w_last - w0).double() / (d @ d))
-    return alpha_fit / ((t_last - t0) / (t_prev - t0))
+    return float(d @ delta(w_last, w0)) / dd / ((t_last - t0) / (t_prev - t0))
 
 
-def extrapolation_backtest(values: torch.Tensor, steps: Sequence[float]) -> list[tuple[float, float]]:
+def extrapolation_backtest(values: Sequence[np.ndarray], steps: Sequence[int]) -> list[tuple[float, float]]:
     """PAPER.md Sec. 6, weight extrapolation W = W_0 + alpha (W_j - W_0), replayed on the run itself:
     for each earlier checkpoint j, alpha_j = (t_k - t_0) / (t_j - t_0) predicts the latest w_k.
     Returns (alpha_j, skill_j) with skill = 1 - |pred - w_k| / |w_j - w_k|, largest alpha first."""
-    w0, wk = values[0].double(), values[-1].double()
-    t0, tk = float(steps[0]), float(steps[-1])
+    w0, wk = np.asarray(values[0], np.float64), np.asarray(values[-1], np.float64)
     out = []
     for j in range(1, len(steps) - 1):
-        wj, tj = values[j].double(), float(steps[j])
-        alpha = (tk - t0) / (tj - t0)
-        stay = (wj - wk).norm()
+        wj = np.asarray(values[j], np.float64)
+        alpha = (steps[-1] - steps[0]) / (steps[j] - steps[0])  # integer differences: exact for any step
+        stay = float(np.linalg.norm(wj - wk))
         if stay == 0:
             continue
         pred = w0 + alpha * (wj - w0)
-        out.append((alpha, float(1 - (pred - wk).norm() / stay)))
+        out.append((alpha, 1 - float(np.linalg.norm(pred - wk)) / stay))
     return sorted(out, reverse=True)
 
 
@@ -149,127 +155,115 @@ def suggest_alpha(backtest: Sequence[tuple[float, float]], skill_min: float) -> 
 
 
 # ----------------------------------------------------------------------------------------------------
-# Sampling entries from checkpoints
-
-
-def sample_indices(name: str, numel: int, cfg: MonitorConfig) -> torch.Tensor:
-    """Sorted distinct flat indices of the entries followed in one tensor (seeded by cfg.seed and the name)."""
-    n = min(numel, max(cfg.min_per_tensor, math.ceil(cfg.sample_fraction * numel)))
-    if n == numel:
-        return torch.arange(numel)
-    seed = int.from_bytes(hashlib.sha256(f"{cfg.seed}:{name}".encode()).digest()[:8], "little") % (2**63)
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, numel, (n,), generator=g).unique()  # a few duplicates dropped
-
-
-def weight_files(ckpt_dir: Path) -> list[Path]:
-    """The safetensors files of a HuggingFace checkpoint directory (one file or the shards of an index)."""
-    single = ckpt_dir / "model.safetensors"
-    if single.exists():
-        return [single]
-    index = ckpt_dir / "model.safetensors.index.json"
-    if index.exists():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return [ckpt_dir / s for s in shards]
-    raise FileNotFoundError(f"{ckpt_dir} holds no model.safetensors (or model.safetensors.index.json)")
+# The monitor
 
 
 TensorSource = Path | str | Mapping[str, torch.Tensor] | torch.nn.Module
 
 
-def read_tensors(source: TensorSource, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
-    """Floating-point tensors by name from a checkpoint directory, a state dict or a module (names: only those)."""
+def floating_tensors(source: TensorSource) -> tuple[dict[str, int], Callable[[str], torch.Tensor]]:
+    """(entries of each non-empty floating tensor, a function reading one tensor) of a checkpoint directory
+    (through `checkpoint_files.read_tensors`), a state dict or a module."""
     if isinstance(source, torch.nn.Module):
         source = {k: v.detach() for k, v in source.state_dict().items()}
     if isinstance(source, Mapping):
-        keys = names if names is not None else list(source)
-        return {k: source[k] for k in keys if k in source and source[k].is_floating_point()}
-    from safetensors import safe_open
-
-    out, wanted = {}, None if names is None else set(names)
-    for f in weight_files(Path(source)):
-        with safe_open(str(f), framework="pt") as st:
-            for k in st.keys():
-                if wanted is None or k in wanted:
-                    t = st.get_tensor(k)
-                    if t.is_floating_point():
-                        out[k] = t
-    return out
-
-
-# ----------------------------------------------------------------------------------------------------
-# The monitor
+        tensors = source
+        return {k: v.numel() for k, v in tensors.items() if v.is_floating_point() and v.numel() > 0}, tensors.__getitem__
+    header = read_weight_index(source)
+    sizes = {n: math.prod(h.shape) for n, h in header.items() if h.dtype in FLOATING and math.prod(h.shape) > 0}
+    return sizes, lambda name: read_tensors(source, [name], header)[name]
 
 
 class LinearityMonitor:
-    """Follows a fixed sample of weight entries across checkpoints; `observe` adds one and returns its row."""
+    """Follows a fixed sample of weight entries across checkpoints; `observe` adds one and returns its row.
+
+    history[k] is the row at steps[k], computed on the checkpoints up to it."""
 
     def __init__(self, cfg: MonitorConfig = MonitorConfig()) -> None:
         self.cfg = cfg
-        self.plan: dict[str, torch.Tensor] | None = None  # tensor name -> flat indices
+        self.linearity = cfg.linearity()
+        self.plan: dict[str, np.ndarray | None] | None = None  # tensor name -> sorted flat indices (None: all)
+        self.sizes: dict[str, int] = {}
         self.steps: list[int] = []
-        self.values: list[torch.Tensor] = []  # per checkpoint, [P] float32, in step order
+        self.values: list[np.ndarray] = []  # per checkpoint, [P] float32, in step order
         self.history: list[MonitorRow] = []
+        self.files: dict[int, tuple[Path, tuple | None]] = {}
+        """step -> (directory, `files_signature` of its weight files when read), for steps read from disk."""
+        self.errors: dict[int, tuple[tuple | None, str]] = {}
+        """step -> (signature of its files, message) of a checkpoint that could not be used."""
 
-    def _make_plan(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: sample_indices(k, tensors[k].numel(), self.cfg) for k in sorted(tensors)}
-
-    def sample(self, source: TensorSource) -> torch.Tensor:
-        """The followed entries of one checkpoint, [P] float32 (the first call fixes which entries)."""
-        tensors = read_tensors(source, None if self.plan is None else list(self.plan))
-        if self.plan is None:
-            if not tensors:
-                raise ValueError("no floating-point tensors to follow in the first checkpoint")
-            self.plan = self._make_plan(tensors)
-        missing = [k for k in self.plan if k not in tensors]
+    def sample(self, source: TensorSource, step: int) -> np.ndarray:
+        """The followed entries of one checkpoint, [P] float32 (the first call fixes which entries).
+        CheckpointError naming the tensor and step for NaN/Inf weights, a missing tensor or a changed shape."""
+        sizes, read = floating_tensors(source)
+        where = f"the checkpoint at step {step}" + (f" ({source})" if isinstance(source, (str, Path)) else "")
+        if self.plan is None and not sizes:
+            raise CheckpointError(f"no floating-point tensors to follow in {where}")
+        plan = self.plan if self.plan is not None else {n: sample_indices(n, k, self.linearity) for n, k in sizes.items()}
+        missing = [n for n in plan if n not in sizes]
         if missing:
-            raise ValueError(f"checkpoint lacks {len(missing)} tensor(s) followed so far, e.g. {missing[:3]}")
-        return torch.cat([tensors[k].reshape(-1)[idx].float() for k, idx in self.plan.items()])
+            raise CheckpointError(f"{where} lacks {len(missing)} tensor(s) followed so far, e.g. {missing[:3]}")
+        parts = []
+        for name, idx in plan.items():
+            if self.plan is not None and sizes[name] != self.sizes[name]:
+                raise CheckpointError(f"tensor {name} has {sizes[name]} entries in {where}, {self.sizes[name]} before")
+            flat = read(name).detach().reshape(-1)
+            bad = ~torch.isfinite(flat)
+            if bad.any():
+                raise CheckpointError(f"non-finite weights (NaN or Inf) in tensor {name} of {where}: "
+                                      f"{int(bad.sum())} of {flat.numel()} values")
+            picked = flat if idx is None else flat[torch.from_numpy(idx)]
+            parts.append(picked.to(device="cpu", dtype=torch.float32, copy=True).numpy())
+        if self.plan is None:
+            self.plan, self.sizes = plan, dict(sizes)
+        return np.concatenate(parts)
 
-    def observe(self, step: int, source: TensorSource) -> MonitorRow | None:
-        """Add the checkpoint at `step` (ignored if seen); returns the row computed at the latest step."""
-        if step in self.steps:
+    def observe(self, step: int, source: TensorSource, *, replace: bool = False) -> MonitorRow | None:
+        """Add the checkpoint at `step` (replace: read a step seen before again) and recompute the rows from
+        its step on; returns the latest row, or None when the step was seen before (and not replace)."""
+        step = int(step)
+        if step in self.steps and not replace:
             return None
-        v = self.sample(source)
-        i = sum(s < step for s in self.steps)
-        self.steps.insert(i, step)
-        self.values.insert(i, v)
-        row = self.report()
-        if self.history and self.history[-1].step == row.step:  # an earlier step arrived late
-            self.history[-1] = row
+        v = self.sample(source, step)
+        if step in self.steps:
+            i = self.steps.index(step)
+            self.values[i] = v
         else:
-            self.history.append(row)
-        return row
+            i = bisect.bisect(self.steps, step)
+            self.steps.insert(i, step)
+            self.values.insert(i, v)
+        self.errors.pop(step, None)
+        self.history[i:] = [self.report(k) for k in range(i, len(self.steps))]
+        return self.history[-1]
 
-    def matrix(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(values [K, P], steps [K])."""
-        return torch.stack(self.values), torch.tensor(self.steps, dtype=torch.float64)
+    def drop(self, step: int) -> None:
+        """Forget the checkpoint at `step` (its files changed and can no longer be used); rows recomputed."""
+        if step in self.steps:
+            i = self.steps.index(step)
+            del self.steps[i], self.values[i]
+            self.history[i:] = [self.report(k) for k in range(i, len(self.steps))]
+        self.files.pop(step, None)
 
-    def report(self) -> MonitorRow:
-        V, t = self.matrix()
-        K, nan = len(self.steps), math.nan
+    def matrix(self, k: int | None = None) -> tuple[np.ndarray, list[int]]:
+        """(values [K, P] float32, steps [K]) of the checkpoints up to the k-th (default: all)."""
+        k = len(self.steps) if k is None else k + 1
+        return np.stack(self.values[:k]), self.steps[:k]
+
+    def report(self, k: int | None = None) -> MonitorRow:
+        """The row at the k-th checkpoint (default the latest), from the checkpoints up to it."""
+        V, t = self.matrix(k)
+        K, nan = len(t), math.nan
         r2_med = r2_frac = nan
         n_kept = 0
         if K >= 3:
-            keep = keep_mask(V, self.cfg.min_range, self.cfg.min_distinct)
-            n_kept = int(keep.sum())
-            if n_kept:
-                r2 = linear_r2(V[:, keep], t)
-                r2_med, r2_frac = float(r2.median()), float((r2 > self.cfg.r2_threshold).float().mean())
-        cos_prev = cosine(V[-1] - V[-2], V[-2] - V[-3]) if K >= 3 else nan
-        cos_total = cosine(V[-1] - V[-2], V[-1] - V[0]) if K >= 3 else nan
-        pace = drift_pace(V[0], V[-2], V[-1], *t[[0, -2, -1]].tolist()) if K >= 3 else nan
-        alpha, skill = suggest_alpha(extrapolation_backtest(V, t.tolist()), self.cfg.skill_min) if K >= 3 else (1.0, nan)
-        horizon = round(self.steps[0] + alpha * (self.steps[-1] - self.steps[0]))
-        return MonitorRow(self.steps[-1], K, r2_med, r2_frac, n_kept, cos_prev, cos_total, pace, skill, alpha, horizon)
-
-    def per_entry_r2(self) -> torch.Tensor:
-        """R^2 of every kept entry at the latest checkpoint (for the histogram). [P_kept]"""
-        V, t = self.matrix()
-        if len(self.steps) < 3:
-            return torch.empty(0)
-        keep = keep_mask(V, self.cfg.min_range, self.cfg.min_distinct)
-        return linear_r2(V[:, keep], t)
+            summary = sample_r2(V, t, self.linearity)[1]
+            r2_med, r2_frac, n_kept = summary.median, summary.frac_above, summary.count
+        cos_prev = cosine(delta(V[-1], V[-2]), delta(V[-2], V[-3])) if K >= 3 else nan
+        cos_total = cosine(delta(V[-1], V[-2]), delta(V[-1], V[0])) if K >= 3 else nan
+        pace = drift_pace(V[0], V[-2], V[-1], t[0], t[-2], t[-1]) if K >= 3 else nan
+        alpha, skill = suggest_alpha(extrapolation_backtest(V, t), self.cfg.skill_min) if K >= 3 else (1.0, nan)
+        horizon = t[0] + round(alpha * (t[-1] - t[0]))
+        return MonitorRow(t[-1], K, r2_med, r2_frac, n_kept, cos_prev, cos_total, pace, skill, alpha, horizon)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -294,27 +288,33 @@ def table_row(row: MonitorRow) -> str:
     return " ".join(cells)
 
 
+def error_row(step: int, message: str) -> str:
+    return f"# step {step}: error: {message}"
+
+
 def write_outputs(monitor: LinearityMonitor, out_dir: str | Path) -> tuple[Path, Path]:
-    """Refresh <out_dir>/linearity_monitor.jsonl (one row per checkpoint seen) and linearity_monitor.png."""
+    """Rewrite <out_dir>/linearity_monitor.jsonl (one row per checkpoint, {"step", "error"} for those that could
+    not be used) and linearity_monitor.png, atomically; refused inside a checkpoint that was read."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    jsonl = out_dir / "linearity_monitor.jsonl"
-    jsonl.write_text("".join(json.dumps(asdict(r)) + "\n" for r in monitor.history))
-    return jsonl, plot_monitor(monitor, out_dir / "linearity_monitor.png")
+    inputs = [path for path, _ in monitor.files.values()]
+    rows = [asdict(r) for r in monitor.history] + [{"step": s, "error": m} for s, (_, m) in monitor.errors.items()]
+    text = "".join(json.dumps(r) + "\n" for r in sorted(rows, key=lambda r: r["step"]))
+    jsonl = write_text(out_dir / "linearity_monitor.jsonl", text, inputs)
+    return jsonl, plot_monitor(monitor, out_dir / "linearity_monitor.png", inputs)
 
 
-def plot_monitor(monitor: LinearityMonitor, path: str | Path) -> Path:
+def plot_monitor(monitor: LinearityMonitor, path: str | Path, inputs: Sequence[Path] = ()) -> Path:
     """Three panels: running R^2, drift stability, and the backtest skill against alpha at the latest step."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    hist = sorted(monitor.history, key=lambda r: r.step)
+    hist = monitor.history
     steps = [r.step for r in hist]
     fig = Figure(figsize=(13, 3.6), layout="constrained")
     FigureCanvasAgg(fig)
     ax1, ax2, ax3 = fig.subplots(1, 3)
     ax1.plot(steps, [r.r2_median for r in hist], "o-", label="median R$^2$")
-    ax1.plot(steps, [r.r2_frac_above for r in hist], "s--", label=f"frac R$^2$ > {monitor.cfg.r2_threshold}")
+    ax1.plot(steps, [r.r2_frac_above for r in hist], "s--", label=f"frac R$^2$ > {monitor.cfg.threshold}")
     ax1.set(xlabel="step", ylim=(0, 1.02), title="running weight linearity (Sec. 4)")
     ax1.legend(fontsize=8)
     ax2.plot(steps, [r.cos_prev for r in hist], "o-", label="cos(consecutive deltas)")
@@ -324,87 +324,150 @@ def plot_monitor(monitor: LinearityMonitor, path: str | Path) -> Path:
     ax2.set(xlabel="step", title="drift direction stability")
     ax2.legend(fontsize=8)
     if len(monitor.steps) >= 3:
-        V, t = monitor.matrix()
-        bt = extrapolation_backtest(V, t.tolist())
+        bt = extrapolation_backtest(monitor.values, monitor.steps)
         if bt:
             ax3.plot([a for a, _ in bt], [s for _, s in bt], "o-")
         ax3.axhline(monitor.cfg.skill_min, color="gray", ls="--", lw=0.8)
-        ax3.axvline(hist[-1].alpha if hist else 1.0, color="C3", lw=0.8, label=f"suggested alpha {hist[-1].alpha:.2f}")
+        ax3.axvline(hist[-1].alpha, color="C3", lw=0.8, label=f"suggested alpha {hist[-1].alpha:.2f}")
         ax3.legend(fontsize=8)
     ax3.set(xlabel="alpha (from w_0 through an earlier checkpoint)", ylabel="skill at the latest checkpoint",
             title="extrapolation backtest (Sec. 6)")
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    return path
+    with atomic_file(path, inputs, mode="wb") as f:
+        fig.savefig(f, format="png", dpi=100)
+    return Path(path)
 
 
 # ----------------------------------------------------------------------------------------------------
 # Following a run directory
 
 
-PATTERNS = [  # (glob under the run directory, regex on the matched path's parts giving the step)
-    ("checkpoints/step_*", re.compile(r"step_(\d+)$")),
-    ("step_*", re.compile(r"step_(\d+)$")),
-    ("checkpoint-*", re.compile(r"checkpoint-(\d+)$")),
-    ("global_step_*/actor/huggingface", re.compile(r"global_step_(\d+)/actor/huggingface$")),
-    ("*/global_step_*/actor/huggingface", re.compile(r"global_step_(\d+)/actor/huggingface$")),
-]
+def launch_model(run_dir: Path) -> Path | None:
+    """The model_path in the launch.json of a `rlvr_nb.backends.verl_launcher` run (its step 0), if any."""
+    f = run_dir / "launch.json"
+    if not f.is_file():
+        return None
+    launch = read_json(f)
+    path = (launch.get("config") or {}).get("model_path") if isinstance(launch, dict) else None
+    return Path(path) if path else None
 
 
-def find_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
-    """(step, directory) of every checkpoint with HF weights in a run directory, any of the layouts:
-    ours (checkpoints/step_N), HF Trainer / TRL (checkpoint-N), verl (global_step_N/actor/huggingface,
-    also one directory down). The first layout found for a step wins."""
-    run_dir = Path(run_dir)
-    found: dict[int, Path] = {}
-    for pattern, rx in PATTERNS:
-        for p in run_dir.glob(pattern):
-            m = rx.search(p.as_posix())
-            if m and p.is_dir() and int(m.group(1)) not in found and (
-                    (p / "model.safetensors").exists() or (p / "model.safetensors.index.json").exists()):
-                found[int(m.group(1))] = p
-    return sorted(found.items())
+def run_checkpoints(run_dir: Path, layout: str | None, initial_model: Path | None) -> list[tuple[int, Path, bool | None]]:
+    """(step, directory, marked) of every checkpoint of the run, complete or not, with the initial model as
+    step 0 (unmarked) when the run has none."""
+    found = [(c.step, c.path, c.marked) for c in scan_checkpoints(run_dir, layout)]
+    if initial_model is not None and all(s != 0 for s, _, _ in found):
+        found.insert(0, (0, initial_model, None))
+    return found
+
+
+def settled(path: Path, marked: bool | None) -> tuple | str:
+    """The signature of a checkpoint's weight files when it counts as complete, else why not (a string).
+    Complete: marked by its writer, or unmarked with headers that validate and files that did not change
+    between two looks. CheckpointError (or OSError) for a marked checkpoint that cannot be read, or an
+    unreadable file."""
+    if marked is False:
+        return "not complete yet: its writer has not marked it complete"
+    try:
+        first = files_signature(path)
+        read_weight_index(path)  # validates every header against its file
+        second = files_signature(path)
+    except (CheckpointError, FileNotFoundError) as e:  # other OSErrors: unreadable
+        if marked or str(e).startswith("cannot read"):
+            raise
+        return f"not complete yet ({e})"
+    return second if first == second else "not complete yet: its files are changing"
+
+
+def current_signature(path: Path) -> tuple | None:
+    try:
+        return files_signature(path) if has_weights(path) else None
+    except (CheckpointError, OSError):
+        return None
+
+
+def poll(monitor: LinearityMonitor, entries: list[tuple[int, Path, bool | None]], print_fn: Callable[[str], None],
+         told: set[int]) -> bool:
+    """One look at the run: read each checkpoint that is complete and new, or whose files changed since it
+    was read (or since it failed); print its rows or its error row. Returns whether anything changed."""
+    changed = False
+    for step, path, marked in entries:
+        known = monitor.files.get(step)
+        if step in monitor.steps and known is None:
+            continue  # observed from memory (the callback)
+        sig = current_signature(path)
+        if (known is not None and known == (path, sig)) or (step in monitor.errors and monitor.errors[step][0] == sig):
+            continue  # read, or failed, on these very files
+        try:
+            state = settled(path, marked)
+            if isinstance(state, str):
+                if step not in told:
+                    print_fn(f"# step {step}: {state}")
+                    told.add(step)
+                continue
+            again = step in monitor.steps
+            monitor.observe(step, path, replace=again)
+        except (CheckpointError, OSError) as e:
+            if monitor.errors.get(step, (None, None))[1] != describe_error(e) or step not in told:
+                print_fn(error_row(step, describe_error(e)))
+            monitor.drop(step)  # a step read before whose new files fail: its old values are stale
+            monitor.errors[step] = (sig, describe_error(e))
+            told.add(step)
+            changed = True
+            continue
+        after = current_signature(path)
+        monitor.files[step] = (path, state if after == state else None)  # changed while read: read again
+        i = monitor.steps.index(step)
+        if again:
+            print_fn(f"# step {step}: its files changed after they were read; read again, rows from it on recomputed")
+        elif i + 1 < len(monitor.steps):
+            print_fn(f"# step {step} arrived after later steps: rows from it on recomputed")
+        for row in monitor.history[i:]:
+            print_fn(table_row(row))
+        told.discard(step)
+        changed = True
+    return changed
 
 
 def watch(run_dir: str | Path, interval_s: float = 60.0, *, out_dir: str | Path | None = None,
           initial_model: str | Path | None = None, cfg: MonitorConfig = MonitorConfig(),
           monitor: LinearityMonitor | None = None, once: bool = False, timeout_s: float | None = None,
-          print_fn: Callable[[str], None] = print) -> LinearityMonitor:
-    """Follow a run directory: every interval_s, read the checkpoints that appeared, print a table row for
-    each, and refresh the JSON lines and PNG in out_dir (default: the run directory). initial_model is
-    taken as step 0 when the run has none (TRL and verl do not save one; for a run of
-    `rlvr_nb.backends.verl_launcher` it defaults to the model_path in its launch.json). once: one pass, then return.
-    A checkpoint still being written (unreadable) is retried at the next pass. Ctrl-C stops watching."""
+          layout: str | None = None, print_fn: Callable[[str], None] = print) -> LinearityMonitor:
+    """Follow a run directory: every interval_s, read the checkpoints that are complete (see the module
+    docstring), print a table row for each (an error row for one that cannot be used), and rewrite the JSON
+    lines and PNG in out_dir (default: the run directory). initial_model is taken as step 0 when the run
+    has none (TRL and verl do not save one; for a run of `rlvr_nb.backends.verl_launcher` it defaults to
+    the model_path in its launch.json). layout: read only that layout ('rlvr-nb', 'hf', 'verl'). once: one
+    pass, then return. Ctrl-C stops watching.
+
+    A run directory that is missing, or whose checkpoints cannot be listed (an FSDP-only verl step, two
+    layouts), raises on the first pass (FileNotFoundError, CheckpointError); later, it is printed and
+    looked at again."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"no run directory at {run_dir}")
+        raise FileNotFoundError(f"run directory {run_dir} does not exist")
     monitor = monitor or LinearityMonitor(cfg)
     out_dir = Path(out_dir) if out_dir is not None else run_dir
-    if initial_model is None and (run_dir / "launch.json").exists():
-        initial_model = json.loads((run_dir / "launch.json").read_text())["config"]["model_path"] or None
-    if not monitor.history:
+    initial_model = Path(initial_model) if initial_model is not None else launch_model(run_dir)
+    if initial_model is not None and not initial_model.is_dir():
+        raise FileNotFoundError(f"initial model directory {initial_model} does not exist")
+    if not monitor.history and not monitor.errors:
         print_fn(table_header())
-    start = time.monotonic()
+    start, first, told, last_problem = time.monotonic(), True, set(), None
     try:
         while True:
-            ckpts = find_checkpoints(run_dir)
-            if initial_model is not None and all(s != 0 for s, _ in ckpts):
-                ckpts = [(0, Path(initial_model))] + ckpts
-            changed = False
-            for step, path in ckpts:
-                if step in monitor.steps:
-                    continue
-                try:
-                    row = monitor.observe(step, path)
-                except Exception as e:  # noqa: BLE001 - a checkpoint being written; retried next pass
-                    if once:
-                        print_fn(f"# step {step}: not readable yet ({type(e).__name__}: {e})")
-                    continue
-                if row is not None:
-                    print_fn(table_row(row))
-                    changed = True
-            if changed:
+            try:
+                entries = run_checkpoints(run_dir, layout, initial_model)
+            except (CheckpointError, OSError) as e:
+                if first:
+                    raise
+                if describe_error(e) != last_problem:
+                    print_fn(f"# error: {describe_error(e)} (looking again in {interval_s:g} s)")
+                last_problem, entries = describe_error(e), []
+            if first and not entries:
+                print_fn(f"# no checkpoints in {run_dir} yet")
+            if poll(monitor, entries, print_fn, told):
                 write_outputs(monitor, out_dir)
+            first = False
             if once or (timeout_s is not None and time.monotonic() - start > timeout_s):
                 return monitor
             time.sleep(interval_s)
@@ -424,8 +487,8 @@ def _is_full(model: torch.nn.Module) -> bool:
 class LinearityCallback(TrainerCallback):
     """`GRPOTrainer(..., callbacks=[LinearityCallback()])`: step 0 is read from the model when training
     begins, then every save adds a checkpoint (from the live model, or from `checkpoint-N` on disk when
-    parameters are sharded); prints a table row and refreshes the PNG / JSON lines in out_dir
-    (default: args.output_dir). Only the main process computes."""
+    parameters are sharded); prints a table row (an error row for NaN weights) and rewrites the PNG / JSON
+    lines in out_dir (default: args.output_dir). Only the main process computes."""
 
     def __init__(self, cfg: MonitorConfig = MonitorConfig(), out_dir: str | Path | None = None,
                  print_fn: Callable[[str], None] = print) -> None:
@@ -434,12 +497,17 @@ class LinearityCallback(TrainerCallback):
         self.print_fn = print_fn
 
     def _observe(self, args, state, source: TensorSource) -> None:
-        if not self.monitor.history and not self.monitor.steps:
+        if not self.monitor.history and not self.monitor.errors:
             self.print_fn(table_header())
-        row = self.monitor.observe(state.global_step, source)
+        try:
+            row = self.monitor.observe(state.global_step, source)
+        except CheckpointError as e:
+            self.monitor.errors[state.global_step] = (None, str(e))
+            self.print_fn(error_row(state.global_step, str(e)))
+            row = None
         if row is not None:
             self.print_fn(table_row(row))
-            write_outputs(self.monitor, self.out_dir or args.output_dir)
+        write_outputs(self.monitor, self.out_dir or args.output_dir)
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if state.is_world_process_zero and model is not None and _is_full(model):
@@ -452,27 +520,5 @@ class LinearityCallback(TrainerCallback):
             self._observe(args, state, model)
             return
         ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if (ckpt / "model.safetensors").exists() or (ckpt / "model.safetensors.index.json").exists():
+        if has_weights(ckpt):
             self._observe(args, state, ckpt)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Command line: python -m rlvr_nb.monitor RUN_DIR (the `rlvr-nb watch` command)
-
-
-def main(argv: Sequence[str] | None = None) -> LinearityMonitor:
-    p = argparse.ArgumentParser(prog="rlvr-nb watch", description="Follow a run directory's weight linearity.")
-    p.add_argument("run_dir")
-    p.add_argument("--interval", type=float, default=60.0, help="seconds between looks at the run directory")
-    p.add_argument("--out", default=None, help="where to write linearity_monitor.png/.jsonl (default: run_dir)")
-    p.add_argument("--initial-model", default=None, help="HF directory to take as step 0 (TRL and verl save none)")
-    p.add_argument("--sample-fraction", type=float, default=MonitorConfig.sample_fraction)
-    p.add_argument("--skill-min", type=float, default=MonitorConfig.skill_min)
-    p.add_argument("--once", action="store_true", help="one pass over the checkpoints present, then exit")
-    a = p.parse_args(argv)
-    cfg = MonitorConfig(sample_fraction=a.sample_fraction, skill_min=a.skill_min)
-    return watch(a.run_dir, a.interval, out_dir=a.out, initial_model=a.initial_model, cfg=cfg, once=a.once)
-
-
-if __name__ == "__main__":
-    main()

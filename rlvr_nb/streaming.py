@@ -324,9 +324,24 @@ def kernel_rows(bits) -> tuple[np.ndarray, ...]:
     return tuple(rows)
 
 
+def centred_steps(steps) -> np.ndarray:
+    """The steps minus their mean [T] float64, exact for integer steps of any size: the first step is
+    subtracted as integers before anything is converted to float (steps near 2^53 would otherwise round to
+    each other), then the mean in float64. Every R^2 of the package centres its steps here."""
+    steps = list(steps)
+    if not steps:
+        return np.zeros(0)
+    if all(isinstance(s, (int, np.integer)) for s in steps):
+        first = int(steps[0])
+        rel = np.array([int(s) - first for s in steps], np.float64)
+    else:
+        rel = np.asarray(steps, np.float64) - np.float64(steps[0])
+    return rel - rel.mean()
+
+
 def chunk_stats(
     bits,  # [T, n] uint16 (bf16 bits) or int32 (float32 bits), C-contiguous; or T such rows [n]
-    steps: np.ndarray,  # [T] float64
+    steps,  # [T] training steps (integers, or floats)
     accumulator: ChunkAccumulator,
     *,
     min_range: float,
@@ -337,20 +352,21 @@ def chunk_stats(
 ) -> tuple[np.ndarray, np.ndarray]:
     """R^2 [n] (NaN where a column is filtered out) and slope [n], both float32 (written to `out` when
     given); adds the kept R^2 values to the accumulator's histogram and counters and, when `gram`, the
-    chunk to its Gram matrix."""
+    chunk to its Gram matrix (in float64 for a chunk whose float32 products overflow, e.g. a weight of 1e20)."""
     if isinstance(bits, np.ndarray) and (bits.ndim != 2 or not bits.flags.c_contiguous):
         raise ValueError(f"chunk_stats needs a C-contiguous [T, n] array, got {bits.dtype} {bits.shape}")
     rows = kernel_rows(bits)
     T, n = len(rows), len(rows[0])
     if len(steps) != T:
         raise ValueError(f"{len(steps)} steps for {T} rows")
-    tc = np.asarray(steps, np.float64) - np.mean(steps)  # [T]
+    tc = centred_steps(steps)  # [T]
     stt = float(tc @ tc)
     lo_rank, hi_rank = distinct_ranks(min_distinct)
     r2, slope = out if out is not None else (np.empty(n, np.float32), np.empty(n, np.float32))
     if any(a.shape != (n,) or a.dtype != np.float32 or not a.flags.c_contiguous for a in (r2, slope)):
         raise ValueError(f"out must be two C-contiguous float32 arrays of shape ({n},)")
     a = accumulator
+    before = (a.gram.copy(), a.acc[:, 3].sum()) if gram else None
     args = (tc, stt, float(min_range), lo_rank, hi_rank, float(threshold), bool(gram), r2, slope)
     # split the columns between threads at block boundaries; each thread adds into its own accumulators
     n_blocks = (n + BLOCK - 1) // BLOCK
@@ -362,4 +378,80 @@ def chunk_stats(
             _columns_stats(*job)
     else:
         list(a.pool.map(lambda job: _columns_stats(*job), jobs))
+    if before is not None and a.acc[:, 3].sum() == before[1] and not np.isfinite(a.gram).all():
+        # finite weights whose float32 products overflowed: this chunk's Gram matrix again, in float64
+        a.gram[:] = before[0]
+        d = rows_as_float64(rows)
+        d -= d[0]
+        a.gram[0, :T, :T] += np.tril(d @ d.T)
     return r2, slope
+
+
+def rows_as_float64(rows: tuple[np.ndarray, ...]) -> np.ndarray:
+    """The kernel's input rows (int16 bf16 bits or int32 float32 bits) as float64 values [T, n]."""
+    bits = np.stack(rows)
+    if bits.dtype == np.int16:
+        bits = bits.view(np.uint16).astype(np.uint32) << 16
+    return bits.view(np.float32).astype(np.float64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Chunks and the median of streamed R^2 values
+
+
+def chunk_spans(numel: int, idx: np.ndarray | None, chunk_elems: int) -> list[tuple[int, int, np.ndarray | None]]:
+    """(start, stop, columns to keep relative to start or None) of each chunk of a flattened tensor."""
+    if idx is None:
+        return [(s, min(s + chunk_elems, numel), None) for s in range(0, numel, chunk_elems)]
+    spans = []
+    for s in range(0, numel, chunk_elems):
+        sel = idx[(idx >= s) & (idx < s + chunk_elems)]
+        if sel.size:
+            spans.append((int(sel[0]), int(sel[-1]) + 1, sel - sel[0]))
+    return spans
+
+
+def kernel_bits(values):
+    """Raw values [T, n] (an array or T rows, e.g. `trajectory.Rows`) as the kernel's input: bf16 bits
+    (uint16) or float32 bits (int32), without a copy for bf16 and float32."""
+    if values.dtype == np.uint16:
+        return values
+    if isinstance(values, tuple) and values.dtype == np.float32:
+        return type(values)(row.view(np.int32) for row in values)
+    return np.ascontiguousarray(values, dtype=np.float32).view(np.int32)
+
+
+def as_float(values) -> np.ndarray:
+    """Raw values (bf16 bits or floats) [T, n] (an array or T rows) as float64."""
+    values = np.asarray(values)
+    if values.dtype == np.uint16:
+        return (values.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    return values.astype(np.float64)
+
+
+def histogram_median(hist: np.ndarray) -> float:
+    """Median of values binned in equal bins on [0, 1], interpolated linearly inside its bin."""
+    cum = np.cumsum(hist)
+    half = cum[-1] / 2
+    b = int(np.searchsorted(cum, half))
+    before = cum[b - 1] if b > 0 else 0
+    return (b + (half - before) / hist[b]) / len(hist)
+
+
+def middle_values(r2_chunks: list[np.ndarray], hist: np.ndarray) -> np.ndarray:
+    """The middle one or two of the kept (not NaN) R^2 values of all chunks [1 or 2], so that their median
+    is the exact median of all of them. The histogram of the kept values names the bins that hold the
+    middle ranks; only the values in those bins are gathered and partitioned."""
+    count = int(hist.sum())
+    if count == 0:
+        return np.empty(0, np.float32)
+    nbins = len(hist)
+    cum = np.cumsum(hist)
+    ranks = np.array([(count - 1) // 2, count // 2])  # 0-based ranks of the middle values
+    first, last = np.searchsorted(cum, ranks + 1)  # bins holding them
+    lo, hi = (first - 1) / nbins, (last + 2) / nbins  # a margin of one bin: the exact test follows
+    near = np.concatenate([r[(r >= lo) & (r < hi)] for r in r2_chunks])  # NaN compares False
+    bins = np.minimum((near.astype(np.float64) * nbins).astype(np.int64), nbins - 1)  # as the kernel bins
+    inside = np.sort(near[(bins >= first) & (bins <= last)])
+    before = int(cum[first - 1]) if first > 0 else 0
+    return inside[np.unique(ranks - before)]

@@ -357,3 +357,60 @@ def test_cli_linearity_json_and_figures(tmp_path, capsys):
     assert "q_proj.weight" in capsys.readouterr().out
     assert main(["linearity", str(tmp_path / "missing"), "--no-progress"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps of any size, weights of any finite size
+
+
+BIG = 2**53  # float64 can no longer tell 2^53 from 2^53 + 1
+
+
+def test_steps_near_2_53_are_centred_exactly():
+    rng = np.random.default_rng(6)
+    small = np.arange(5)
+    y = np.outer(small, rng.standard_normal(300)) + rng.standard_normal((5, 300))
+    big = [BIG + int(s) for s in small]
+    np.testing.assert_array_equal(r2_against_steps(y, big)[0], r2_against_steps(y, small)[0])
+    np.testing.assert_array_equal(trajectory_linearity(y, big).r2, trajectory_linearity(y, list(small)).r2)
+    bits = np.ascontiguousarray(y, np.float32).view(np.int32)
+    args = dict(min_range=0.0, min_distinct=0, threshold=0.7, gram=False)
+    np.testing.assert_array_equal(chunk_stats(bits, big, ChunkAccumulator(5), **args)[0],
+                                  chunk_stats(bits, list(small), ChunkAccumulator(5), **args)[0])
+
+
+def test_engine_at_steps_near_2_53_equals_steps_0_to_4(tmp_path):
+    weights = fabricated_weights((0, 1, 2, 3, 4), noise=3e-3)
+    dirs = [write_hf_dir(tmp_path / f"c{i}", w) for i, w in enumerate(weights)]
+    small = weight_linearity(load_trajectory(list(enumerate(dirs)), progress=False), progress=False)
+    big = weight_linearity(load_trajectory([(BIG + i, d) for i, d in enumerate(dirs)], progress=False),
+                           progress=False)
+    assert big.steps[0] == BIG and big.overall.count == small.overall.count
+    assert big.overall.median == small.overall.median and big.overall.frac_above == small.overall.frac_above
+    for name, s in small.per_tensor.items():
+        assert big.per_tensor[name].median == s.median or (math.isnan(s.median) and math.isnan(big.per_tensor[name].median))
+
+
+def test_one_weight_of_1e20_gives_a_drift_spectrum(tmp_path):
+    weights = fabricated_weights(UNEVEN)
+    weights[3]["model.layers.0.mlp.up_proj.weight"][0, 0] = 1e20  # finite, but its square overflows float32
+    pairs = [(s, write_hf_dir(tmp_path / f"c{s}", w)) for s, w in zip(UNEVEN, weights)]
+    traj = load_trajectory(pairs, progress=False)
+    res = weight_linearity(traj, LinearityConfig(chunk_elems=777), progress=False)
+    X = np.concatenate([stored_values(traj.dirs, n) for n in traj.tensors], axis=1)  # [T, P]
+    sv = np.linalg.svd(X - X.mean(0), compute_uv=False)
+    np.testing.assert_allclose(res.drift.explained, sv**2 / (sv**2).sum(), atol=1e-9)
+    assert res.drift.first == pytest.approx(1.0)  # the outlier is all the variance there is
+    with pytest.raises(ValueError, match="Gram matrix of the weight trajectory is not finite"):
+        drift_spectrum(np.full((3, 3), np.inf))
+
+
+def test_gram_in_float64_when_float32_products_overflow():
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((5, 1500)).astype(np.float32)
+    w[2, 700] = 3e19
+    acc = ChunkAccumulator(5, n_threads=2)
+    chunk_stats(w.view(np.int32), np.arange(5), acc, min_range=0.0, min_distinct=0, threshold=0.7, gram=True)
+    acc.close()
+    d = w.astype(np.float64) - w[0]
+    np.testing.assert_allclose(acc.gram_matrix(), d @ d.T, rtol=1e-12)

@@ -1,13 +1,17 @@
 """Token log-prob and activation R^2: probes (sampling, JSONL), teacher forcing against an unbatched
 computation, the 0.2 log-prob filter, hidden-state trajectories."""
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
 from trajectory_fixtures import make_run, reference_r2
 
 from rlvr_nb.activations import ActivationConfig, activation_linearity, activation_trajectories, hidden_states
+from rlvr_nb.checkpoint_files import TOKENIZER_FILES
 from rlvr_nb.logprobs import (
+    Probe,
     ProbeConfig,
     load_probes,
     logprob_linearity,
@@ -112,3 +116,53 @@ def test_identical_checkpoints_keep_nothing(tmp_path, probes):
     act = activation_linearity(same, probes, ActivationConfig(max_coordinates=200), progress=False)
     assert act.overall.count == 0
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps of any size; probes that cannot be measured
+
+
+def test_token_and_activation_r2_at_steps_near_2_53(traj, probes):
+    big = load_trajectory([(2**53 + s, d) for s, d in zip(traj.steps, traj.dirs)], progress=False)
+    lp = np.random.default_rng(0).standard_normal((4, 50)).cumsum(0)
+    np.testing.assert_array_equal(logprob_linearity(lp, big.steps, min_change=0.0).r2,
+                                  logprob_linearity(lp, traj.steps, min_change=0.0).r2)
+    np.testing.assert_array_equal(token_linearity(big, probes, progress=False).r2,
+                                  token_linearity(traj, probes, progress=False).r2)
+    cfg = ActivationConfig(max_coordinates=300)
+    np.testing.assert_array_equal(activation_linearity(big, probes, cfg, progress=False).r2,
+                                  activation_linearity(traj, probes, cfg, progress=False).r2)
+
+
+def test_probes_without_tokens_or_outside_the_vocabulary(traj, probes):
+    empty = [Probe(p.prompt, [], "") for p in probes[:3]]
+    with pytest.raises(ValueError, match=r"the probe set holds no response tokens \(3 probe\(s\), every response empty\)"):
+        token_linearity(traj, empty, progress=False)
+    vocab = load_model(traj.dirs[0]).get_input_embeddings().weight.shape[0]
+    bad = list(probes)
+    bad[4] = Probe(bad[4].prompt, [3, vocab + 7], "")
+    with pytest.raises(ValueError, match=rf"probe 4 \(prompt '999\+001='\) has response token id {vocab + 7}, outside "
+                                         rf"the vocabulary of {vocab} tokens"):
+        token_linearity(traj, bad, progress=False)
+    with pytest.raises(ValueError, match=rf"id {vocab + 7}, outside the vocabulary of {vocab}"):
+        activation_linearity(traj, bad, ActivationConfig(max_coordinates=100), progress=False)
+
+
+def test_checkpoints_without_tokenizer_files(traj, probes, tmp_path):
+    pairs = []
+    for s, d in zip(traj.steps, traj.dirs):
+        copy = shutil.copytree(d, tmp_path / f"c{s}")
+        for name in TOKENIZER_FILES:
+            (copy / name).unlink(missing_ok=True)
+        pairs.append((s, copy))
+    bare = load_trajectory(pairs, progress=False)
+    for call in (lambda: probes_from_first_checkpoint(bare, PROMPTS, progress=False),
+                 lambda: token_linearity(bare, probes, progress=False),
+                 lambda: activation_linearity(bare, probes, progress=False)):
+        with pytest.raises(ValueError, match="no checkpoint of the trajectory holds a tokenizer"):
+            call()
+    # one checkpoint with a tokenizer is enough (trainers do not always save one)
+    shutil.copy(traj.dirs[2] / "tokenizer.json", pairs[2][1])
+    shutil.copy(traj.dirs[2] / "tokenizer_config.json", pairs[2][1])
+    np.testing.assert_array_equal(token_linearity(load_trajectory(pairs, progress=False), probes, progress=False).r2,
+                                  token_linearity(traj, probes, progress=False).r2)
