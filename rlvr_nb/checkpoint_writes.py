@@ -24,7 +24,7 @@ from typing import Iterable, Iterator
 
 import torch
 
-from rlvr_nb.checkpoint_files import TORCH_DTYPES
+from rlvr_nb.checkpoint_files import DTYPE_BYTES
 
 WRITTEN = ".rlvr-nb-written.json"
 """In every directory `atomic_dir` writes: the files it wrote (relative paths), so a later replace knows
@@ -201,25 +201,64 @@ def write_json(target: str | Path, obj, inputs: Iterable[str | Path] = (), **dum
     return write_text(target, json.dumps(obj, **({"indent": 2} | dumps)), inputs)
 
 
-def write_safetensors(path: Path, specs: list[tuple[str, str, tuple[int, ...]]], metadata: dict,
-                      chunks: Iterator[torch.Tensor]) -> None:
-    """Stream a .safetensors file: the header from specs (name, dtype, shape), then the tensors' bytes in
-    that order, taken from `chunks` (row blocks, each already in its tensor's dtype)."""
-    header, offset = {}, 0
-    for name, dtype_str, shape in specs:
-        n = math.prod(shape) * TORCH_DTYPES[dtype_str].itemsize
-        header[name] = {"dtype": dtype_str, "shape": list(shape), "data_offsets": [offset, offset + n]}
-        offset += n
-    header["__metadata__"] = {str(k): str(v) for k, v in {"format": "pt", **metadata}.items()}
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)
-    written = 0
-    with open(path, "wb") as f:
-        f.write(len(blob).to_bytes(8, "little"))
-        f.write(blob)
+class SafetensorsWriter:
+    """Writes one .safetensors file atomically (`atomic_file`) as its tensors' bytes arrive, in the order of
+    `specs` (name, dtype, shape): the header first, then `write` calls with raw data (torch tensors in their
+    dtype, numpy arrays, bytes), so a file of any size never has to be held in memory. A target that is or
+    lies inside one of `inputs` is refused before anything is written; `close(False)` (or an exception in a
+    `with` block) removes the partial file, and `close()` checks that every promised byte was written."""
+
+    def __init__(self, path: str | Path, specs: Iterable[tuple[str, str, tuple[int, ...]]], metadata: dict,
+                 inputs: Iterable[str | Path] = ()) -> None:
+        header, offset = {}, 0
+        for name, dtype, shape in specs:
+            n = math.prod(shape) * DTYPE_BYTES[dtype]
+            header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + n]}
+            offset += n
+        header["__metadata__"] = {str(k): str(v) for k, v in {"format": "pt", **metadata}.items()}
+        blob = json.dumps(header, separators=(",", ":")).encode()
+        blob += b" " * (-len(blob) % 8)
+        self.path, self.expected, self.written = Path(path), offset, 0
+        self._context = atomic_file(self.path, inputs, mode="wb")
+        self.file = self._context.__enter__()
+        self.file.write(len(blob).to_bytes(8, "little") + blob)
+
+    def write(self, data) -> None:
+        if isinstance(data, torch.Tensor):
+            data = data.contiguous().reshape(-1).view(torch.uint8).numpy()
+        view = memoryview(data).cast("B") if not isinstance(data, (bytes, bytearray)) else memoryview(data)
+        self.file.write(view)
+        self.written += view.nbytes
+
+    def close(self, complete: bool = True) -> None:
+        """Rename the file into place (complete) or remove it."""
+        if complete and self.written != self.expected:
+            complete, why = False, f"{self.path}: wrote {self.written} data bytes, header promised {self.expected}"
+        else:
+            why = None
+        if complete:
+            self._context.__exit__(None, None, None)
+            return
+        error = RuntimeError(why or f"{self.path} not completed")
+        try:
+            self._context.__exit__(RuntimeError, error, None)
+        except RuntimeError:
+            pass
+        if why:
+            raise error
+
+    def __enter__(self) -> "SafetensorsWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(exc_type is None)
+
+
+def write_safetensors(path: str | Path, specs: list[tuple[str, str, tuple[int, ...]]], metadata: dict,
+                      chunks: Iterator, inputs: Iterable[str | Path] = ()) -> Path:
+    """Stream a .safetensors file (`SafetensorsWriter`): the header from specs (name, dtype, shape), then
+    the tensors' bytes in that order, taken from `chunks` (row blocks, each already in its tensor's dtype)."""
+    with SafetensorsWriter(path, specs, metadata, inputs) as writer:
         for chunk in chunks:
-            data = chunk.contiguous().reshape(-1).view(torch.uint8).numpy()
-            f.write(memoryview(data))
-            written += data.nbytes
-    if written != offset:
-        raise RuntimeError(f"{path}: wrote {written} data bytes, header promised {offset}")
+            writer.write(chunk)
+    return Path(path)

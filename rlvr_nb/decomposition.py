@@ -17,7 +17,6 @@ Frobenius norms over every non-padding token position (attention_mask == 1) and 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +29,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from rlvr_nb.checkpoint_files import find_checkpoints, read_step
+from rlvr_nb.linearity import module_and_layer
 
-LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
 
 
 @dataclass
@@ -116,8 +115,7 @@ def capture_linear_inputs(model: nn.Module, input_ids: torch.Tensor, attention_m
 
 
 def _layer_and_type(name: str) -> tuple[int, str]:
-    m = LAYER.search(name)
-    return (int(m.group(1)) if m else -1), name.split(".")[-1]
+    return module_and_layer(name)[1], name.split(".")[-1]
 
 
 def output_change_decomposition(

@@ -32,10 +32,12 @@ def figure_dir() -> Path:
 
 def save_figure(fig: plt.Figure, name: str, directory: str | Path | None = None) -> Path:
     """Save `fig` as <directory or figure_dir()>/<name>.png and return the path."""
+    from rlvr_nb.checkpoint_writes import atomic_file
+
     d = Path(directory) if directory is not None else figure_dir()
-    d.mkdir(parents=True, exist_ok=True)
     path = d / f"{name}.png"
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    with atomic_file(path, mode="wb") as f:  # a reader never sees half a PNG
+        fig.savefig(f, format="png", dpi=DPI, bbox_inches="tight")
     return path
 
 
@@ -207,3 +209,41 @@ def plot_sweep(rows: Sequence[dict], target: float = paper.FINDING_A["median"]) 
     fig.suptitle("tuning sweep of the embedded RL run (one factor at a time, then combined settings)", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def plot_monitor(monitor: LinearityMonitor, path: str | Path, inputs: Sequence[Path] = ()) -> Path:
+    """Three panels: running R^2, drift stability, and the backtest skill against alpha at the latest step."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    hist = monitor.history
+    steps = [r.step for r in hist]
+    fig = Figure(figsize=(13, 3.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax1, ax2, ax3 = fig.subplots(1, 3)
+    ax1.plot(steps, [r.r2_median for r in hist], "o-", label="median R$^2$")
+    ax1.plot(steps, [r.r2_frac_above for r in hist], "s--", label=f"frac R$^2$ > {monitor.cfg.threshold}")
+    ax1.set(xlabel="step", ylim=(0, 1.02), title="running weight linearity (Sec. 4)")
+    ax1.legend(fontsize=8)
+    ax2.plot(steps, [r.cos_prev for r in hist], "o-", label="cos(consecutive deltas)")
+    ax2.plot(steps, [r.cos_total for r in hist], "s-", label="cos(delta, w_k - w_0)")
+    ax2.plot(steps, [r.pace for r in hist], "^:", label="pace")
+    ax2.axhline(0, color="gray", lw=0.5)
+    ax2.set(xlabel="step", title="drift direction stability")
+    ax2.legend(fontsize=8)
+    if len(monitor.steps) >= 3:
+        from rlvr_nb.motion import extrapolation_backtest
+
+        bt = extrapolation_backtest(monitor.values, monitor.steps)
+        if bt:
+            ax3.plot([a for a, _ in bt], [s for _, s in bt], "o-")
+        ax3.axhline(monitor.cfg.skill_min, color="gray", ls="--", lw=0.8)
+        ax3.axvline(hist[-1].alpha, color="C3", lw=0.8, label=f"suggested alpha {hist[-1].alpha:.2f}")
+        ax3.legend(fontsize=8)
+    ax3.set(xlabel="alpha (from w_0 through an earlier checkpoint)", ylabel="skill at the latest checkpoint",
+            title="extrapolation backtest (Sec. 6)")
+    from rlvr_nb.checkpoint_writes import atomic_file
+
+    with atomic_file(path, inputs, mode="wb") as f:
+        fig.savefig(f, format="png", dpi=100)
+    return Path(path)

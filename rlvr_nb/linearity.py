@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from rlvr_nb.checkpoint_writes import atomic_file
+from rlvr_nb.checkpoint_writes import SafetensorsWriter
 from rlvr_nb.streaming import (HIST_BINS, ChunkAccumulator, as_float, centred_steps, chunk_spans, chunk_stats,
                                histogram_median, kernel_bits, middle_values)
 from rlvr_nb.trajectory import MappedReader, Rows, Trajectory, raise_nonfinite
@@ -354,7 +354,7 @@ def weight_linearity(
     Reads each tensor chunk by chunk across all checkpoints (memory ~ T x chunk_elems, whatever the model
     size), one pass over the data. With `save_r2`, writes the per-parameter R^2 (NaN where excluded) as a
     safetensors file with the model's tensor names: a path that is, or lies inside, one of the checkpoints
-    is refused before any weight is read, and the file appears only once complete (`R2Writer`).
+    is refused before any weight is read, and the file appears only once complete (`checkpoint_writes.SafetensorsWriter`).
     """
     if cfg.skip_first:
         traj = traj.without_first(cfg.skip_first)
@@ -366,7 +366,9 @@ def weight_linearity(
     rng = np.random.default_rng(cfg.seed)
     analysed = {n: i for n, i in traj.tensors.items() if i.is_float and i.numel > 0}
     # before any weight is read: refuses a path that is, or lies inside, a checkpoint of the trajectory
-    writer = R2Writer(save_r2, {n: i.shape for n, i in analysed.items()}, traj.dirs) if save_r2 is not None else None
+    writer = SafetensorsWriter(save_r2, [(n, "F32", i.shape) for n, i in analysed.items()],
+                               {"content": "per-parameter R^2 vs training step (NaN: excluded)"}, traj.dirs) \
+        if save_r2 is not None else None
     acc = ChunkAccumulator(len(steps))
     per_tensor: dict[str, R2Summary] = {}
     pool: list[Example] = []
@@ -400,7 +402,7 @@ def weight_linearity(
 
 
 def tensor_pass(traj: Trajectory, name: str, cfg: LinearityConfig, steps: list[int], acc: ChunkAccumulator,
-                reader: ThreadPoolExecutor, writer: "R2Writer | None", pool: list[Example],
+                reader: ThreadPoolExecutor, writer: "SafetensorsWriter | None", pool: list[Example],
                 rng: np.random.Generator, bar, mapped: MappedReader | None = None,
                 out: tuple[np.ndarray, np.ndarray] | None = None) -> R2Summary:
     """One tensor, chunk by chunk: R^2 of its entries (all or sampled), its summary, a few examples.
@@ -429,7 +431,7 @@ def tensor_pass(traj: Trajectory, name: str, cfg: LinearityConfig, steps: list[i
         if acc.acc[:, 3].sum() > 0:
             raise_nonfinite(traj, name, ~np.isfinite(as_float(values)))
         if writer is not None:
-            writer.write(r2)
+            writer.write(np.ascontiguousarray(r2, np.float32))
         keep_examples(pool, name, values, r2, slope, start, cols, rng)
         if isinstance(raw, Rows):
             mapped.release(name, start, stop)  # bounded memory: drop the chunk's pages from our resident set
@@ -472,38 +474,3 @@ def choose_examples(pool: list[Example], n: int) -> list[Example]:
     qs = np.linspace(0.1, 0.9, n) if n > 1 else np.array([0.5])
     picks = sorted({int(round(q * (len(pool) - 1))) for q in qs})
     return [pool[i] for i in picks]
-
-
-class R2Writer:
-    """Writes per-parameter R^2 as a safetensors file (float32, model tensor names) as chunks arrive, so the
-    full map never has to be held in memory. The file is written through `checkpoint_writes.atomic_file`:
-    a path that is, or lies inside, one of the `inputs` (the checkpoints) is refused before anything is
-    written, and the file appears only when `close(True)`; `close(False)` removes the partial file."""
-
-    def __init__(self, path: str | Path, shapes: dict[str, tuple[int, ...]], inputs=()):
-        header, offset = {}, 0
-        for name, shape in shapes.items():
-            nbytes = 4 * math.prod(shape)
-            header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
-            offset += nbytes
-        header["__metadata__"] = {"content": "per-parameter R^2 vs training step (NaN: excluded)"}
-        raw = json.dumps(header, separators=(",", ":")).encode()
-        raw += b" " * (-len(raw) % 8)
-        self.path = Path(path)
-        self.context = atomic_file(self.path, inputs, mode="wb")
-        self.file = self.context.__enter__()
-        self.file.write(len(raw).to_bytes(8, "little") + raw)
-
-    def write(self, r2: np.ndarray) -> None:
-        self.file.write(np.ascontiguousarray(r2, np.float32).tobytes())
-
-    def close(self, complete: bool = True) -> None:
-        """Rename the file into place (complete) or remove it."""
-        if complete:
-            self.context.__exit__(None, None, None)
-        else:
-            error = RuntimeError(f"R^2 map {self.path} not completed")
-            try:
-                self.context.__exit__(RuntimeError, error, None)
-            except RuntimeError:
-                pass

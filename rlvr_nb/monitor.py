@@ -41,12 +41,12 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from rlvr_nb.checkpoint_files import (TORCH_DTYPES, CheckpointError, files_signature, has_weights, read_json,
+from rlvr_nb.checkpoint_files import (TORCH_DTYPES, CheckpointError, files_signature, has_weights,
                                       read_tensors, read_weight_index, scan_checkpoints)
-from rlvr_nb.checkpoint_writes import atomic_file, write_text
+from rlvr_nb.checkpoint_writes import write_text
 from rlvr_nb.cli import describe_error
 from rlvr_nb.linearity import LinearityConfig, sample_indices, sample_r2
-from rlvr_nb.motion import cosine
+from rlvr_nb.motion import cosine, delta, drift_pace, extrapolation_backtest, suggest_alpha
 
 try:  # the callback is a TrainerCallback when transformers is there (it always is in this package)
     from transformers import TrainerCallback
@@ -109,49 +109,6 @@ class MonitorRow:
     """Suggested extrapolation factor from w_0 through the latest checkpoint (1: do not extrapolate)."""
     horizon_step: int
     """t_0 + alpha (t_k - t_0): the step a weight extrapolation would aim at."""
-
-
-# ----------------------------------------------------------------------------------------------------
-# The drift measures (each on float32 vectors of the followed entries, computed in float64; steps as integers)
-
-
-def delta(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a - b in float64."""
-    return np.asarray(a, np.float64) - np.asarray(b, np.float64)
-
-
-def drift_pace(w0: np.ndarray, w_prev: np.ndarray, w_last: np.ndarray, t0: int, t_prev: int, t_last: int) -> float:
-    """Least-squares alpha with w0 + alpha (w_prev - w0) ~ w_last, over the time ratio (t_last - t0) / (t_prev - t0)."""
-    d = delta(w_prev, w0)
-    dd = float(d @ d)
-    if dd == 0 or t_prev == t0:
-        return math.nan
-    return float(d @ delta(w_last, w0)) / dd / ((t_last - t0) / (t_prev - t0))
-
-
-def extrapolation_backtest(values: Sequence[np.ndarray], steps: Sequence[int]) -> list[tuple[float, float]]:
-    """PAPER.md Sec. 6, weight extrapolation W = W_0 + alpha (W_j - W_0), replayed on the run itself:
-    for each earlier checkpoint j, alpha_j = (t_k - t_0) / (t_j - t_0) predicts the latest w_k.
-    Returns (alpha_j, skill_j) with skill = 1 - |pred - w_k| / |w_j - w_k|, largest alpha first."""
-    w0, wk = np.asarray(values[0], np.float64), np.asarray(values[-1], np.float64)
-    out = []
-    for j in range(1, len(steps) - 1):
-        wj = np.asarray(values[j], np.float64)
-        alpha = (steps[-1] - steps[0]) / (steps[j] - steps[0])  # integer differences: exact for any step
-        stay = float(np.linalg.norm(wj - wk))
-        if stay == 0:
-            continue
-        pred = w0 + alpha * (wj - w0)
-        out.append((alpha, 1 - float(np.linalg.norm(pred - wk)) / stay))
-    return sorted(out, reverse=True)
-
-
-def suggest_alpha(backtest: Sequence[tuple[float, float]], skill_min: float) -> tuple[float, float]:
-    """(alpha, skill): the largest backtested alpha with skill >= skill_min, else (1.0, best skill seen)."""
-    supported = [(a, s) for a, s in backtest if s >= skill_min]
-    if supported:
-        return max(supported)
-    return 1.0, max((s for _, s in backtest), default=math.nan)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -300,55 +257,13 @@ def write_outputs(monitor: LinearityMonitor, out_dir: str | Path) -> tuple[Path,
     rows = [asdict(r) for r in monitor.history] + [{"step": s, "error": m} for s, (_, m) in monitor.errors.items()]
     text = "".join(json.dumps(r) + "\n" for r in sorted(rows, key=lambda r: r["step"]))
     jsonl = write_text(out_dir / "linearity_monitor.jsonl", text, inputs)
+    from rlvr_nb.figures import plot_monitor  # matplotlib only when a figure is drawn
+
     return jsonl, plot_monitor(monitor, out_dir / "linearity_monitor.png", inputs)
-
-
-def plot_monitor(monitor: LinearityMonitor, path: str | Path, inputs: Sequence[Path] = ()) -> Path:
-    """Three panels: running R^2, drift stability, and the backtest skill against alpha at the latest step."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    hist = monitor.history
-    steps = [r.step for r in hist]
-    fig = Figure(figsize=(13, 3.6), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax1, ax2, ax3 = fig.subplots(1, 3)
-    ax1.plot(steps, [r.r2_median for r in hist], "o-", label="median R$^2$")
-    ax1.plot(steps, [r.r2_frac_above for r in hist], "s--", label=f"frac R$^2$ > {monitor.cfg.threshold}")
-    ax1.set(xlabel="step", ylim=(0, 1.02), title="running weight linearity (Sec. 4)")
-    ax1.legend(fontsize=8)
-    ax2.plot(steps, [r.cos_prev for r in hist], "o-", label="cos(consecutive deltas)")
-    ax2.plot(steps, [r.cos_total for r in hist], "s-", label="cos(delta, w_k - w_0)")
-    ax2.plot(steps, [r.pace for r in hist], "^:", label="pace")
-    ax2.axhline(0, color="gray", lw=0.5)
-    ax2.set(xlabel="step", title="drift direction stability")
-    ax2.legend(fontsize=8)
-    if len(monitor.steps) >= 3:
-        bt = extrapolation_backtest(monitor.values, monitor.steps)
-        if bt:
-            ax3.plot([a for a, _ in bt], [s for _, s in bt], "o-")
-        ax3.axhline(monitor.cfg.skill_min, color="gray", ls="--", lw=0.8)
-        ax3.axvline(hist[-1].alpha, color="C3", lw=0.8, label=f"suggested alpha {hist[-1].alpha:.2f}")
-        ax3.legend(fontsize=8)
-    ax3.set(xlabel="alpha (from w_0 through an earlier checkpoint)", ylabel="skill at the latest checkpoint",
-            title="extrapolation backtest (Sec. 6)")
-    with atomic_file(path, inputs, mode="wb") as f:
-        fig.savefig(f, format="png", dpi=100)
-    return Path(path)
 
 
 # ----------------------------------------------------------------------------------------------------
 # Following a run directory
-
-
-def launch_model(run_dir: Path) -> Path | None:
-    """The model_path in the launch.json of a `rlvr_nb.backends.verl_launcher` run (its step 0), if any."""
-    f = run_dir / "launch.json"
-    if not f.is_file():
-        return None
-    launch = read_json(f)
-    path = (launch.get("config") or {}).get("model_path") if isinstance(launch, dict) else None
-    return Path(path) if path else None
 
 
 def run_checkpoints(run_dir: Path, layout: str | None, initial_model: Path | None) -> list[tuple[int, Path, bool | None]]:
@@ -447,7 +362,7 @@ def watch(run_dir: str | Path, interval_s: float = 60.0, *, out_dir: str | Path 
         raise FileNotFoundError(f"run directory {run_dir} does not exist")
     monitor = monitor or LinearityMonitor(cfg)
     out_dir = Path(out_dir) if out_dir is not None else run_dir
-    initial_model = Path(initial_model) if initial_model is not None else launch_model(run_dir)
+    initial_model = Path(initial_model) if initial_model is not None else None  # a launcher run's: the layer's
     if initial_model is not None and not initial_model.is_dir():
         raise FileNotFoundError(f"initial model directory {initial_model} does not exist")
     if not monitor.history and not monitor.errors:

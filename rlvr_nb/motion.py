@@ -2,14 +2,14 @@
 
 Two levels, one formula each, everything in float64:
 
-- `cosine(a, b)` on flat arrays of the same entries of each checkpoint (all of them, or a sample);
+- `cosine(a, b)`, `drift_pace`, `extrapolation_backtest` on flat arrays of the same entries of each checkpoint (all of them, or a sample);
 - the directory measures, streamed tensor by tensor over checkpoint directories (one tensor of each
   directory in memory at a time; single-file or sharded safetensors): `distance` (||W_b - W_a||),
   `relative_change` (||W_1 - W_0|| / ||W_0||) and `segment_cosine` (cos(W_1 - W_0, W_2 - W_1): 1 for a
   straight line, about 0 for a random walk, -1 for a return). Only floating tensors count.
 
-Weights are read by `read_tensor` alone; the tensors of a directory are listed by the checkpoint layer
-(`rlvr_nb.checkpoint_files.read_weight_index`, which validates every header).
+Weights are read and listed by the checkpoint layer (`rlvr_nb.checkpoint_files.read_tensors`,
+`read_weight_index`, which validates every header).
 """
 
 from __future__ import annotations
@@ -19,9 +19,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-from safetensors import safe_open
-
-from rlvr_nb.checkpoint_files import read_weight_index
+from rlvr_nb.checkpoint_files import read_tensors, read_weight_index
 
 FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"})
 """safetensors dtypes that count as weights (integer buffers do not move)."""
@@ -40,13 +38,50 @@ def cosine(a, b) -> float:
 
 
 # --------------------------------------------------------------------------------------------------
+# Drift of sampled entries over checkpoints (the monitor's measures; float64, steps as integers)
+
+
+def delta(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a - b in float64."""
+    return np.asarray(a, np.float64) - np.asarray(b, np.float64)
+
+
+def drift_pace(w0: np.ndarray, w_prev: np.ndarray, w_last: np.ndarray, t0: int, t_prev: int, t_last: int) -> float:
+    """Least-squares alpha with w0 + alpha (w_prev - w0) ~ w_last, over the time ratio (t_last - t0) / (t_prev - t0)."""
+    d = delta(w_prev, w0)
+    dd = float(d @ d)
+    if dd == 0 or t_prev == t0:
+        return math.nan
+    return float(d @ delta(w_last, w0)) / dd / ((t_last - t0) / (t_prev - t0))
+
+
+def extrapolation_backtest(values: Sequence[np.ndarray], steps: Sequence[int]) -> list[tuple[float, float]]:
+    """PAPER.md Sec. 6, weight extrapolation W = W_0 + alpha (W_j - W_0), replayed on the run itself:
+    for each earlier checkpoint j, alpha_j = (t_k - t_0) / (t_j - t_0) predicts the latest w_k.
+    Returns (alpha_j, skill_j) with skill = 1 - |pred - w_k| / |w_j - w_k|, largest alpha first."""
+    w0, wk = np.asarray(values[0], np.float64), np.asarray(values[-1], np.float64)
+    out = []
+    for j in range(1, len(steps) - 1):
+        wj = np.asarray(values[j], np.float64)
+        alpha = (steps[-1] - steps[0]) / (steps[j] - steps[0])  # integer differences: exact for any step
+        stay = float(np.linalg.norm(wj - wk))
+        if stay == 0:
+            continue
+        pred = w0 + alpha * (wj - w0)
+        out.append((alpha, 1 - float(np.linalg.norm(pred - wk)) / stay))
+    return sorted(out, reverse=True)
+
+
+def suggest_alpha(backtest: Sequence[tuple[float, float]], skill_min: float) -> tuple[float, float]:
+    """(alpha, skill): the largest backtested alpha with skill >= skill_min, else (1.0, best skill seen)."""
+    supported = [(a, s) for a, s in backtest if s >= skill_min]
+    if supported:
+        return max(supported)
+    return 1.0, max((s for _, s in backtest), default=math.nan)
+
+
+# --------------------------------------------------------------------------------------------------
 # Checkpoint directories, streamed
-
-
-def read_tensor(file: str | Path, name: str) -> np.ndarray:
-    """One tensor of a safetensors file as a float64 array (bf16 included): the one place weights are read."""
-    with safe_open(str(file), framework="pt") as f:
-        return f.get_tensor(name).double().numpy()
 
 
 def aligned_tensors(dirs: Sequence[str | Path], include_norms: bool = True) -> Iterator[tuple[str, list[np.ndarray]]]:
@@ -72,7 +107,7 @@ def aligned_tensors(dirs: Sequence[str | Path], include_norms: bool = True) -> I
         skip = is_norm_weight
     for name in sorted(ref):
         if ref[name].dtype in FLOAT_DTYPES and not skip(name):
-            yield name, [read_tensor(index[name].file, name) for index in indexes]
+            yield name, [read_tensors(d, [name], index)[name].double().numpy() for d, index in zip(dirs, indexes)]
 
 
 def distance(dir_a: str | Path, dir_b: str | Path, include_norms: bool = True) -> float:

@@ -23,8 +23,8 @@ from rlvr_nb.checkpoint_files import CheckpointError, find_checkpoints
 from rlvr_nb.cli import watch_main as main
 from rlvr_nb.linearity import LinearityConfig, sample_indices, weight_linearity
 from rlvr_nb.models import ModelConfig, build_model, build_tokenizer
-from rlvr_nb.monitor import (
-    LinearityCallback, LinearityMonitor, MonitorConfig, extrapolation_backtest, suggest_alpha, table_header, watch)
+from rlvr_nb.monitor import LinearityCallback, LinearityMonitor, MonitorConfig, table_header, watch
+from rlvr_nb.motion import extrapolation_backtest, suggest_alpha
 from rlvr_nb.trajectory import load_trajectory
 
 STEPS = [0, 100, 200, 300, 400, 500, 600, 700]
