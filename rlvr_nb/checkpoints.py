@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from rlvr_nb.checkpoint_files import find_checkpoints
+from rlvr_nb.checkpoint_files import find_checkpoints, read_tensors
 from rlvr_nb.checkpoint_writes import atomic_dir, write_json, write_text
 
 
@@ -218,4 +218,4 @@ def restore_training_state(path: Path, optimizer: torch.optim.Optimizer | None, 
 
 def load_weights_into(model: torch.nn.Module, path: Path) -> None:
     """Copy a checkpoint's safetensors weights into an existing model (strict)."""
-    model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
+    model.load_state_dict(read_tensors(path, floating_only=False), strict=True)

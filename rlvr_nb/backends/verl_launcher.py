@@ -173,7 +173,7 @@ def prepare_run(cfg: VerlRunConfig, validate_against_verl: bool | None = None) -
     return VerlRun(cfg, files, command, len(train))
 
 
-STEP_LINE = re.compile(r"\bstep:(\d+) - ")
+STEP_LINE = re.compile(r"\bstep:([0-9]+) - ")
 SCORE = re.compile(r"critic/score/mean:(-?[\d.e+-]+)")
 
 
