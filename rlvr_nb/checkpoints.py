@@ -6,7 +6,10 @@ Layout of a run directory:
     <run>/metrics.jsonl                one JSON line per training step
     <run>/checkpoints/step_<N>/        model.safetensors, config.json, tokenizer files,
                                        trainer_state.json (step, metrics, config, seed),
-                                       optimizer.safetensors + rng.safetensors (for resuming)
+                                       training_state/optimizer.safetensors + rng.safetensors
+                                       (for resuming; in a subfolder, so that tools that load every
+                                       *.safetensors of a model folder, as vLLM does, see only weights;
+                                       older checkpoints hold them beside the weights and still resume)
 
 A checkpoint is written into a temporary directory and renamed into place (`checkpoint_writes.atomic_dir`),
 so a run killed at any moment leaves only complete checkpoints behind; the temporary directory of a killed
@@ -175,6 +178,20 @@ def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, 
     optimizer.load_state_dict({"state": state, "param_groups": sd["param_groups"]})
 
 
+TRAINING_STATE = "training_state"
+"""Subfolder of a checkpoint with the optimizer and RNG state (never read as weights)."""
+
+
+def training_state_file(ckpt: str | Path, name: str) -> Path:
+    """<ckpt>/training_state/<name>, or <ckpt>/<name> in checkpoints written before the subfolder existed;
+    FileNotFoundError naming both places when neither holds it."""
+    ckpt = Path(ckpt)
+    for f in (ckpt / TRAINING_STATE / name, ckpt / name):
+        if f.is_file():
+            return f
+    raise FileNotFoundError(f"no {name} in {ckpt / TRAINING_STATE} (nor in {ckpt}, where older checkpoints keep it)")
+
+
 def save_checkpoint(
     run_dir: str | Path,
     step: int,
@@ -194,10 +211,12 @@ def save_checkpoint(
             model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         if optimizer is not None:
-            save_file(optimizer_tensors(optimizer), str(tmp / "optimizer.safetensors"))
+            (tmp / TRAINING_STATE).mkdir()
+            save_file(optimizer_tensors(optimizer), str(tmp / TRAINING_STATE / "optimizer.safetensors"))
         if generator is not None:
             states = {"generator": generator.get_state(), **{k: g.get_state() for k, g in (extra_generators or {}).items()}}
-            save_file(states, str(tmp / "rng.safetensors"))
+            (tmp / TRAINING_STATE).mkdir(exist_ok=True)
+            save_file(states, str(tmp / TRAINING_STATE / "rng.safetensors"))
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **state}, indent=2, default=str))
     return final
 
@@ -206,9 +225,9 @@ def restore_training_state(path: Path, optimizer: torch.optim.Optimizer | None, 
                            extra_generators: dict[str, torch.Generator] | None = None) -> dict:
     """Load optimizer and RNG state saved beside a checkpoint; returns its trainer_state.json."""
     if optimizer is not None:
-        load_optimizer_tensors(optimizer, load_file(str(path / "optimizer.safetensors")))
+        load_optimizer_tensors(optimizer, load_file(str(training_state_file(path, "optimizer.safetensors"))))
     if generator is not None:
-        states = load_file(str(path / "rng.safetensors"))
+        states = load_file(str(training_state_file(path, "rng.safetensors")))
         generator.set_state(states["generator"])
         for name, g in (extra_generators or {}).items():
             if name in states:  # absent in checkpoints written before that stream existed

@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 from safetensors.torch import load_file
 
 from rlvr_nb.checkpoints import (append_metrics, load_optimizer_tensors, load_weights_into, mark_complete, open_run, run_lock,
-                          restore_training_state, save_checkpoint, to_jsonable)
+                          restore_training_state, save_checkpoint, to_jsonable,
+                                 training_state_file)
 from rlvr_nb.models import load_model, load_tokenizer
 from rlvr_nb.sampling import decode_responses, encode_prompts, generate
 from rlvr_nb.tasks import AdditionTask, Problem, TaskConfig
@@ -206,8 +207,10 @@ def train_rl(cfg: RLConfig, init_dir: str | Path, run_dir: str | Path, task_cfg:
     run_config = {"kind": "rl", "rl": to_jsonable(cfg), "task": to_jsonable(task_cfg), "init_dir": str(init_dir.resolve())}
     if init_optimizer is not None:  # only then recorded, so runs without it keep their config (and cache key)
         init_optimizer = Path(init_optimizer)
-        if not (init_optimizer / "optimizer.safetensors").is_file():
-            raise FileNotFoundError(f"init_optimizer: no optimizer.safetensors in {init_optimizer}")
+        try:
+            training_state_file(init_optimizer, "optimizer.safetensors")
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"init_optimizer: {e}") from None
         run_config["init_optimizer"] = str(init_optimizer.resolve())
     with run_lock(run_dir, wait=False):  # no second process may write into this run
         start, ckpt = open_run(run_dir, run_config, resume)
@@ -223,7 +226,7 @@ def train_rl(cfg: RLConfig, init_dir: str | Path, run_dir: str | Path, task_cfg:
             restore_training_state(ckpt, opt, gen)
         else:
             if init_optimizer is not None:
-                load_optimizer_tensors(opt, load_file(str(init_optimizer / "optimizer.safetensors")))
+                load_optimizer_tensors(opt, load_file(str(training_state_file(init_optimizer, "optimizer.safetensors"))))
             state = {"metrics": checkpoint_eval(model, tokenizer, task, cfg.eval_problems, cfg.max_new_tokens, cfg.seed),
                      "config": run_config, "seed": cfg.seed}
             save_checkpoint(run_dir, 0, model, tokenizer, state, opt, gen)

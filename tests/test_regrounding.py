@@ -160,7 +160,7 @@ def test_loop_ledger_and_extrapolated_weights(tmp_path, init_dir):
     assert torch.equal(out["model.norm.weight"], end["model.norm.weight"])
     # block 1 starts from the extrapolated model of block 0, with a fresh optimizer ('reset')
     assert torch.equal(weights(run / "blocks/block_1/checkpoints/step_0")[name], weights(run / "models/block_0")[name])
-    assert load_file(str(run / "blocks/block_1/checkpoints/step_0/optimizer.safetensors")) == {}
+    assert load_file(str(run / "blocks/block_1/checkpoints/step_0/training_state/optimizer.safetensors")) == {}
     at = models_at_real_steps(run, [0, 2, 4])
     assert [(r, v, d.name) for r, v, d in at] == [(0, 0, "step_0"), (2, 5, "block_0"), (4, 10, "block_1")]
     rl_models = models_at_real_steps(run, [0, 2, 4], prefer="rl")  # the blocks' ends, before extrapolation
@@ -177,10 +177,10 @@ def test_loop_ledger_and_extrapolated_weights(tmp_path, init_dir):
 def test_keep_carries_the_optimizer_into_the_next_block(tmp_path, init_dir):
     run = run_regrounding(RegroundConfig(m=2, n=2, budget=4, optimizer="keep"), RL, init_dir, tmp_path / "rg", TASK,
                           progress=False)
-    prev = load_file(str(run / "blocks/block_0/checkpoints/step_2/optimizer.safetensors"))
-    kept = load_file(str(run / "blocks/block_1/checkpoints/step_0/optimizer.safetensors"))
+    prev = load_file(str(run / "blocks/block_0/checkpoints/step_2/training_state/optimizer.safetensors"))
+    kept = load_file(str(run / "blocks/block_1/checkpoints/step_0/training_state/optimizer.safetensors"))
     assert prev and set(prev) == set(kept) and all(torch.equal(prev[k], kept[k]) for k in prev)
-    after = load_file(str(run / "blocks/block_1/checkpoints/step_2/optimizer.safetensors"))
+    after = load_file(str(run / "blocks/block_1/checkpoints/step_2/training_state/optimizer.safetensors"))
     step_keys = [k for k in after if k.endswith(".step")]
     assert step_keys and all(after[k].item() == 4 for k in step_keys)  # AdamW's step count went on: 2 + 2
 

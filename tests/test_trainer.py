@@ -74,8 +74,10 @@ def test_checkpoints_are_hf_directories(init_dir, tmp_path):
     steps = [s for s, _ in list_checkpoints(run)]
     assert steps == [0, 3, 6] and is_complete(run)
     ck = list_checkpoints(run)[-1][1]
-    for f in ("model.safetensors", "config.json", "tokenizer.json", "trainer_state.json", "optimizer.safetensors", "rng.safetensors"):
+    for f in ("model.safetensors", "config.json", "tokenizer.json", "trainer_state.json",
+              "training_state/optimizer.safetensors", "training_state/rng.safetensors"):
         assert (ck / f).exists(), f
+    assert sorted(p.name for p in ck.glob("*.safetensors")) == ["model.safetensors"]  # vLLM globs the folder
     assert json.loads((ck / "trainer_state.json").read_text())["step"] == 6
     assert not list((run / "checkpoints").glob(".tmp*"))
     assert [m["step"] for m in read_metrics(run)] == list(range(7))
@@ -116,13 +118,28 @@ def test_init_optimizer_continues_another_runs_adamw_state(init_dir, tmp_path):
     first = train_rl(RL, init_dir, tmp_path / "first", TASK, progress=False)
     last = list_checkpoints(first)[-1][1]
     run = train_rl(RL, last, tmp_path / "next", TASK, progress=False, stop_after=0, init_optimizer=last)
-    prev = load_file(str(last / "optimizer.safetensors"))
-    start = load_file(str(list_checkpoints(run)[0][1] / "optimizer.safetensors"))
+    prev = load_file(str(last / "training_state" / "optimizer.safetensors"))
+    start = load_file(str(list_checkpoints(run)[0][1] / "training_state" / "optimizer.safetensors"))
     assert prev and prev.keys() == start.keys() and all(torch.equal(prev[k], start[k]) for k in prev)
     train_rl(RL, last, run, TASK, progress=False, resume=True, init_optimizer=last)
-    after = load_file(str(list_checkpoints(run)[-1][1] / "optimizer.safetensors"))
+    after = load_file(str(list_checkpoints(run)[-1][1] / "training_state" / "optimizer.safetensors"))
     assert {after[k].item() for k in after if k.endswith(".step")} == {2 * RL.steps}  # the step count went on
     with pytest.raises(ValueError, match="init_optimizer"):  # resuming without it is a different run
         train_rl(RL, last, run, TASK, progress=False, resume=True)
-    with pytest.raises(FileNotFoundError, match="no optimizer.safetensors"):
+    with pytest.raises(FileNotFoundError, match="init_optimizer: no optimizer.safetensors in .*training_state"):
         train_rl(RL, init_dir, tmp_path / "x", TASK, progress=False, init_optimizer=tmp_path)
+
+
+def test_checkpoints_of_the_older_layout_still_resume(init_dir, tmp_path):
+    """Checkpoints written before the training_state/ subfolder kept optimizer and RNG state beside the
+    weights: resuming from one reaches the same weights as an uninterrupted run."""
+    full = train_rl(RL, init_dir, tmp_path / "full", TASK, progress=False)
+    part = train_rl(RL, init_dir, tmp_path / "part", TASK, progress=False, stop_after=3)
+    last = list_checkpoints(part)[-1][1]
+    for f in ("optimizer.safetensors", "rng.safetensors"):
+        (last / "training_state" / f).rename(last / f)
+    (last / "training_state").rmdir()
+    train_rl(RL, init_dir, part, TASK, progress=False, resume=True)
+    a = load_file(str(list_checkpoints(full)[-1][1] / "model.safetensors"))
+    b = load_file(str(list_checkpoints(part)[-1][1] / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
