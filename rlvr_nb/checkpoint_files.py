@@ -56,6 +56,19 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read as it is; the message names the file, tensor or step."""
 
 
+def describe_error(e: BaseException) -> str:
+    """The one-line message of a bad-input error (an operating-system error names its file)."""
+    if isinstance(e, OSError) and e.filename is not None:
+        return f"{e.filename}: {e.strerror or e}"
+    if isinstance(e, KeyError) and e.args:
+        return str(e.args[0])
+    return str(e)
+
+
+BAD_INPUT = (OSError, ValueError, KeyError)
+"""What a command reports as bad input (CheckpointError is a ValueError); anything else is a bug."""
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     """One checkpoint directory found in a run."""

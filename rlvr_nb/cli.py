@@ -41,19 +41,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     return result if isinstance(result, int) else 0
 
 
-def describe_error(e: BaseException) -> str:
-    """The one-line message of a bad-input error (an operating-system error names its file)."""
-    if isinstance(e, OSError) and e.filename is not None:
-        return f"{e.filename}: {e.strerror or e}"
-    if isinstance(e, KeyError) and e.args:
-        return str(e.args[0])
-    return str(e)
-
-
-BAD_INPUT = (OSError, ValueError, KeyError)
-"""What a command reports as bad input (CheckpointError is a ValueError); anything else is a bug."""
-
-
 def linearity_parser() -> argparse.ArgumentParser:
     from rlvr_nb.checkpoint_files import LAYOUTS
     from rlvr_nb.linearity import LinearityConfig
@@ -85,6 +72,8 @@ def linearity_parser() -> argparse.ArgumentParser:
 
 
 def linearity_main(argv: Sequence[str] | None = None) -> int:
+    from rlvr_nb.checkpoint_files import BAD_INPUT, describe_error
+
     args = linearity_parser().parse_args(argv)
     try:
         report = run_linearity(args)
@@ -185,6 +174,8 @@ def watch_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--skill-min", type=float, default=MonitorConfig.skill_min)
     p.add_argument("--once", action="store_true", help="one pass over the checkpoints present, then exit")
     a = p.parse_args(argv)
+    from rlvr_nb.checkpoint_files import BAD_INPUT, describe_error
+
     try:
         cfg = MonitorConfig(sample_fraction=a.sample_fraction, skill_min=a.skill_min)
         m = watch(a.run_dir, a.interval, out_dir=a.out, initial_model=a.initial_model, cfg=cfg, once=a.once,

@@ -41,10 +41,9 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from rlvr_nb.checkpoint_files import (TORCH_DTYPES, CheckpointError, files_signature, has_weights,
+from rlvr_nb.checkpoint_files import (TORCH_DTYPES, CheckpointError, describe_error, files_signature, has_weights,
                                       read_tensors, read_weight_index, scan_checkpoints)
 from rlvr_nb.checkpoint_writes import write_text
-from rlvr_nb.cli import describe_error
 from rlvr_nb.linearity import LinearityConfig, sample_indices, sample_r2
 from rlvr_nb.motion import cosine, delta, drift_pace, extrapolation_backtest, suggest_alpha
 
