@@ -1,30 +1,41 @@
-# rlvr-nb: `make run` (main job) and `make test`. Both create .venv on first use.
+# rlvr-nb: `make run` (main job), `make test` and `make lab` (JupyterLab). Each creates .venv on first use.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 KERNEL := rlvr-nb
 
-.PHONY: setup run test unit notebooks-smoke bench sync clean
+.PHONY: setup kernel run test lab unit notebooks-smoke bench sync clean
 
-# One-time set-up: venv, CPU PyTorch (pinned), the package with its test extra, a Jupyter kernel.
+# One-time set-up: venv, CPU PyTorch (pinned), the package with its test and lab extras (pytest, playwright;
+# JupyterLab beside the widget front end), then the Jupyter kernel.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,lab]"
 	$(PY) -m pip install --quiet --no-deps verl==0.9.1  # only its packaged config, for the override-key test
-	$(PY) -m ipykernel install --user --name $(KERNEL) --display-name "Python (rlvr-nb)" >/dev/null
 	touch $@
 
-setup: $(VENV)/.installed
+# The kernel `Python (rlvr-nb)` for this user (so a JupyterLab of your own finds it too), registered again on
+# every set-up so that it always runs this checkout's .venv.
+kernel: $(VENV)/.installed
+	$(PY) -m ipykernel install --user --name $(KERNEL) --display-name "Python (rlvr-nb)" >/dev/null
+
+setup: $(VENV)/.installed kernel
 
 # Main job: every notebook at the cpu profile into papermill_runs/cpu/.
 run: setup
 	$(PY) -m rlvr_nb.notebook.run --profile cpu
 
-# Whole test suite: unit tests plus every notebook at the smoke profile.
+# Whole test suite: unit tests, every notebook at the smoke profile, and the sliders of 04 and 05 in JupyterLab
+# under headless Chromium (Debian's package, installed by the test when missing; RLVR_NB_NO_BROWSER=1 skips it).
 test: setup
 	$(PY) -m pytest -q tests
+
+# JupyterLab on the notebooks, with the kernel `Python (rlvr-nb)` and live sliders. For a quick look set
+# `profile = "smoke"` (and `interactive = True` for the sliders) in a notebook's parameters cell.
+lab: setup
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 bench: setup
 	$(PY) -m pip install --quiet -e ".[bench]"

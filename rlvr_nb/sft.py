@@ -98,8 +98,8 @@ def train_sft(cfg: SFTConfig, run_dir: str | Path, init_dir: str | Path | None =
             append_metrics(run_dir, {"step": 0, **metrics})
 
         last = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
-        bar = tqdm(range(start, last), initial=start, total=cfg.steps, desc="SFT steps", disable=not progress)
-        for step in bar:
+        bar = tqdm(initial=start, total=cfg.steps, desc="SFT steps", disable=not progress)
+        for step in range(start, last):
             t0 = time.perf_counter()
             ids, target_mask, L = sequence_batch(tokenizer, task.sample_train(cfg.batch_size, gen))
             model.train()
@@ -120,11 +120,23 @@ def train_sft(cfg: SFTConfig, run_dir: str | Path, init_dir: str | Path | None =
                 append_metrics(run_dir, record)
                 save_checkpoint(run_dir, step + 1, model, tokenizer, {"metrics": record, "config": run_config, "seed": cfg.seed}, opt, gen, noise)
                 if cfg.stop_at_accuracy is not None and record["heldout_sampled"] >= cfg.stop_at_accuracy:
+                    # the planned end of this run, not a failure: a full bar (green in Jupyter) that says so
+                    bar.update(1)
+                    bar.total = bar.n
+                    if getattr(bar, "container", None) is not None:  # tqdm.notebook: the bar widget's length
+                        bar.container.children[1].max = bar.n
+                    bar.set_description(f"SFT steps: stopped early by design at step {step + 1} of at most "
+                                        f"{cfg.steps}")
+                    bar.set_postfix_str(f"held-out accuracy {record['heldout_sampled']:.3f} >= target "
+                                        f"{cfg.stop_at_accuracy:g}")
+                    bar.close()
                     break
             else:
                 append_metrics(run_dir, record)
             bar.set_postfix(loss=f"{record['loss']:.3f}")
+            bar.update(1)
         else:
+            bar.close()
             if last < cfg.steps:  # stopped by stop_after: the run is not complete
                 return Path(run_dir)
         mark_complete(run_dir)

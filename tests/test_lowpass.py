@@ -159,3 +159,24 @@ def test_theory_curves_are_the_exact_mean_and_median():
     mean, med = lt.theory_curves(9, rho)
     np.testing.assert_array_equal(mean, [lp.expected_r2(r, 9) for r in rho])
     np.testing.assert_array_equal(med, [lp.median_r2(r, 9) for r in rho])
+
+
+def test_snr_explorer_shows_the_whole_slider_range_smoothly():
+    """The theory marker is never clipped at the ends of the slider, and the theory curve is smooth over the
+    shown range at every K (it was 10 points over a fixed grid at smoke, 6 of them in view at K = 100)."""
+    import math
+
+    import matplotlib.pyplot as plt
+
+    from rlvr_nb.experiments import lowpass_theory as lt
+
+    rho, mean, med = lt.explorer_curve(14, n_points=10)
+    for k in lt.EXPLORER_KS:
+        x = lp.snr_to_db(rho / math.sqrt(k))
+        assert ((x >= lt.SNR_RANGE_DB[0]) & (x <= lt.SNR_RANGE_DB[1])).sum() >= 25, k
+    fig = lt.explorer_figure(lt.SNR_RANGE_DB[1], 1000, n_checkpoints=14, n_params=20, curve=(rho, mean, med))
+    cx = fig.axes[2]
+    lo, hi = cx.get_xlim()
+    assert lo < lt.SNR_RANGE_DB[0] and hi > lt.SNR_RANGE_DB[1] and cx.get_ylim()[1] > 1.0
+    assert cx.lines[-1].get_clip_on() is False
+    plt.close(fig)

@@ -150,8 +150,7 @@ def explorer_figure(
     """
     check_walk(n_checkpoints, steps_between)
     if curve is None:
-        rho = np.logspace(-3, 2.5, 45)
-        curve = (rho, *theory_curves(n_checkpoints, rho))
+        curve = explorer_curve(n_checkpoints)
     rho, mean, med = curve
     steps = np.arange(n_checkpoints) * steps_between
     W = simulate_trajectories(db_to_snr(snr_db), 1.0, n_checkpoints, steps_between, n_params, seed=seed)
@@ -170,13 +169,29 @@ def explorer_figure(
     x = snr_to_db(rho / math.sqrt(steps_between))
     cx.plot(x, mean, label="mean")
     cx.plot(x, med, ls="--", label="median")
-    cx.plot([snr_db], [th_med], "ko")
-    cx.set(xlim=(-50, 20), ylim=(0.3, 1.01), xlabel="per-step SNR (dB)", ylabel="R$^2$",
+    cx.plot([snr_db], [th_med], "ko", clip_on=False)  # never cut at the ends of the slider's range
+    cx.set(xlim=(SNR_RANGE_DB[0] - 2, SNR_RANGE_DB[1] + 2), ylim=(0.3, 1.03), xlabel="per-step SNR (dB)", ylabel="R$^2$",
            title=f"theory, T = {n_checkpoints}, K = {steps_between}")
     cx.grid(alpha=0.3)
     cx.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+SNR_RANGE_DB = (-50.0, 20.0)
+"""The explorer's per-step SNR slider range."""
+EXPLORER_KS = (1, 3, 10, 30, 100, 300, 1000)
+"""The K values of the explorer's slider (steps between checkpoints)."""
+
+
+def explorer_curve(n_checkpoints: int, n_points: int = 60) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rho, mean, median) of the theory on a grid of the drift-to-noise ratio rho that covers the slider's
+    SNR range at every K (rho = SNR sqrt(K), SNR in dB = 20 log10 SNR), at least 60 points (about 40 in view
+    at any K): computed once per explorer."""
+    lo = SNR_RANGE_DB[0] / 20 - 0.1
+    hi = SNR_RANGE_DB[1] / 20 + 0.5 * math.log10(max(EXPLORER_KS)) + 0.1
+    rho = np.logspace(lo, hi, max(n_points, 60))
+    return (rho, *theory_curves(n_checkpoints, rho))
 
 
 def snr_explorer(
@@ -194,17 +209,19 @@ def snr_explorer(
     `ipywidgets.interactive_output`); interactive=False (papermill) returns the matplotlib Figure at
     the given values and opens no kernel comm. n_points: points of the theory curve (computed once).
     """
-    rho = np.logspace(-3, 2.5, n_points)
-    curve = (rho, *theory_curves(n_checkpoints, rho))  # computed once: K only rescales the SNR axis
+    curve = explorer_curve(n_checkpoints, n_points)  # computed once: K only rescales the SNR axis
     if not interactive:
         return explorer_figure(snr_db, steps_between, n_checkpoints, n_params, seed, curve)
 
     import ipywidgets as widgets
     from IPython.display import display
 
-    ks = sorted({1, 3, 10, 30, 100, 300, 1000, int(steps_between)})
-    snr_slider = widgets.FloatSlider(value=snr_db, min=-50.0, max=20.0, step=1.0, description="SNR (dB)",
-                                     continuous_update=False)
+    from rlvr_nb.notebook.widgets import with_front_end_note
+
+    ks = sorted({*EXPLORER_KS, int(steps_between)})
+    snr_slider = widgets.FloatSlider(value=snr_db, min=SNR_RANGE_DB[0], max=SNR_RANGE_DB[1], step=1.0,
+                                     description="SNR (dB)", continuous_update=False,
+                                     layout=widgets.Layout(width="560px"))  # ~7 px per 1 dB step
     k_slider = widgets.SelectionSlider(options=ks, value=int(steps_between), description="K (steps)",
                                        continuous_update=False)
 
@@ -214,4 +231,4 @@ def snr_explorer(
         plt.close(fig)
 
     out = widgets.interactive_output(draw, {"snr_db": snr_slider, "steps_between": k_slider})
-    return widgets.VBox([widgets.HBox([snr_slider, k_slider]), out])
+    return with_front_end_note(widgets.VBox([widgets.HBox([snr_slider, k_slider]), out]))
