@@ -42,7 +42,7 @@ adv_estimator = None  # grpo | dr_grpo | reinforce_pp | gspo
 ckpt_every = None  # steps between checkpoints (cpu 50)
 seed = None  # seed of problems, rollouts and SFT batches (cpu 0)
 model_path = None  # gpu profile: HF model directory to train with verl
-data_path = None  # gpu profile: JSONL/parquet with question/answer columns
+data_path = None  # gpu profile (required): JSONL/parquet with question/answer columns
 n_gpus = None  # gpu profile: GPUs for verl
 
 # %%
@@ -86,12 +86,10 @@ print(f"warm start: {init_dir}  ({n_params(load_model(init_dir)):,} parameters)"
 # them, and an interrupted run resumes from its last complete checkpoint.
 
 # %%
-if profile == "gpu":  # a real model trained by verl (see README, "GPU server"); checkpoints in the same layout
-    from rlvr_nb.embedded import config_hash, runs_root
-    from rlvr_nb.backends.verl_launcher import from_rl_config, run_verl
+if profile == "gpu":  # a real model trained by verl (see README, "GPU server"), cached like the runs below; 06 reuses it
+    from rlvr_nb.experiments.rl_extra import ensure_verl_standard_run
 
-    out = runs_root() / f"verl-{config_hash(rl, P.model_path, P.data_path)}"
-    rl_run = run_verl(from_rl_config(rl, P.model_path, out, P.data_path or None, P.n_gpus)).files.root
+    rl_run = ensure_verl_standard_run(rl, P.model_path, P.data_path, P.n_gpus)
     runs = {"RL (GRPO, verl)": rl_run}
 else:
     rl_run = ensure_rl_run(rl, emb)

@@ -52,7 +52,7 @@ interactive = False  # True in JupyterLab: a live alpha slider; False (papermill
 slider_alpha = None  # alpha of the slider's figure (cpu 1.5)
 n_examples = None  # example answers whose token log-probs the slider shows (cpu 3)
 run_dir = None  # gpu profile: an RL run directory holding checkpoints/step_N; empty: the embedded run
-eval_data = None  # gpu profile: JSONL of held-out question/answer rows graded by math-verify; empty: the embedded task
+eval_data = None  # gpu profile: JSONL of held-out question/answer rows graded by math-verify (required with run_dir); empty: the embedded task
 
 # %%
 from pathlib import Path
@@ -85,10 +85,10 @@ P = profiles.resolve("05_extrapolation", profile, k=k, n_problems=n_problems, sa
 rl_cfg, emb = profiles.rl_config(profile, **P.rl_recipe), profiles.embedded_config(profile)
 run = Path(P.run_dir) if getattr(P, "run_dir", None) else ensure_rl_run(rl_cfg, emb)
 ckpts = dict(list_checkpoints(run))  # step -> HF checkpoint directory
-if getattr(P, "eval_data", None):
-    from rlvr_nb.backends.verl_launcher import load_problems
+if getattr(P, "eval_data", None):  # gpu: prompts formatted as the run's training prompts were
+    from rlvr_nb.backends.verl_inputs import heldout_problems
 
-    problems, grader = load_problems(P.eval_data)[: P.n_problems], "math"
+    problems, grader = heldout_problems(P.eval_data, run)[: P.n_problems], "math"
 else:
     problems, grader = AdditionTask(emb.task).eval_problems[: P.n_problems], "exact"
 cache_dir, out_root = run / "eval_cache", run / "extrapolated"  # git-ignored, beside the run's checkpoints

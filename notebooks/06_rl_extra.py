@@ -54,8 +54,8 @@ eval_every = None  # real steps between evaluated models (cpu 50)
 eval_k = None  # samples per held-out problem at temperature 1 (cpu 4)
 block_eval_problems = None  # the trainer's own per-checkpoint evaluation inside blocks, a log only (cpu 64)
 model_path = None  # gpu: HF model directory to start from
-data_path = None  # gpu: training data (JSONL/parquet with question/answer)
-eval_data = None  # gpu: held-out data of the same kind
+data_path = None  # gpu (required): training data (JSONL/parquet with question/answer)
+eval_data = None  # gpu (required): held-out data of the same kind
 n_gpus = None  # gpu: GPUs per verl run
 
 # %%
@@ -113,7 +113,7 @@ print(f"target: held-out avg@{P.eval_k} = {P.target} (T = 1), re-grounding budge
 def standard_run(seed: int):
     cfg = rl if seed == rl.seed else replace(rl, seed=seed, steps=P.std_steps)
     if gpu:
-        return ensure_verl_standard_run(cfg, P.model_path, P.data_path or None, P.n_gpus)
+        return ensure_verl_standard_run(cfg, P.model_path, P.data_path, P.n_gpus)  # seed 0: 01's run
     return ensure_rl_run(cfg, emb)
 
 
@@ -140,7 +140,7 @@ std_runs = {s: standard_run(s) for s in P.seeds}
 # %%
 task_problems = AdditionTask(emb.task).eval_problems
 rl_blocks = replace(rl, eval_problems=P.block_eval_problems)
-verl_options = {"train_data": P.data_path or None, "n_gpus": P.n_gpus} if gpu else None
+verl_options = {"train_data": P.data_path, "n_gpus": P.n_gpus} if gpu else None
 T = P.r2_checkpoints
 configs = {f"(m={m}, n={n})": RegroundConfig(m=m, n=n, budget=P.budget, optimizer=P.optimizer,
                                              ckpt_every=math.gcd(m, P.eval_every)) for m, n in P.settings}
@@ -178,11 +178,11 @@ markdown_table([{"setting": name, "m": c.m, "n": c.n if c.horizon == "fixed" els
 # would lie on standard RL there.
 
 # %%
-if gpu:
-    from rlvr_nb.backends.verl_launcher import load_problems
+if gpu:  # prompts formatted as the runs' training prompts were (chat template, \boxed{} instruction)
+    from rlvr_nb.backends.verl_inputs import heldout_problems
     from rlvr_nb.backends.vllm_backend import VllmPolicy
 
-    problems, grader, policy = load_problems(P.eval_data), "math", VllmPolicy
+    problems, grader, policy = heldout_problems(P.eval_data, std_runs[P.seeds[0]]), "math", VllmPolicy
 else:
     problems, grader, policy = task_problems, "exact", None
 eval_cfg = EvalConfig(k=P.eval_k, temperature=1.0, max_new_tokens=rl.max_new_tokens)

@@ -26,7 +26,7 @@ from rlvr_nb.grpo import RLConfig
 from rlvr_nb.models import ModelConfig, build_model, build_tokenizer, load_model
 from rlvr_nb.tasks import TaskConfig
 from rlvr_nb.backends.verl_config import (
-    ADV_ESTIMATORS, ESTIMATORS, VERL_VERSION, RunFiles, VerlRunConfig, build_overrides, hydra_value,
+    ADV_ESTIMATORS, CONTENT_ONLY_TEMPLATE, ESTIMATORS, VERL_VERSION, RunFiles, VerlRunConfig, build_overrides, hydra_value,
     installed_verl_version, resolve, validate_overrides, validate_verl_config)
 from rlvr_nb.backends.verl_launcher import (VerlRun, complete_verl_checkpoints, ingest_verl_checkpoints, launch, main,
                                             prepare_run, train_block_verl)
@@ -35,19 +35,46 @@ HAVE_VERL = importlib.util.find_spec("verl") is not None
 needs_verl = pytest.mark.skipif(not HAVE_VERL, reason=f"verl not installed: pip install --no-deps verl=={VERL_VERSION}")
 
 
+CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}={% endif %}"
+
+
+def write_model(d: Path, newline: bool = True, im_end: bool = True, chat_template: str | None = CHAT_TEMPLATE) -> Path:
+    """A tiny Qwen2 (model_type qwen2) whose tokenizer is the embedded one plus, as asked, a newline and '<|im_end|>' as
+    tokens and a chat template: with all three it is a model verl 0.9.1's rollout accepts (the embedded default
+    as it is has none of them)."""
+    tok = build_tokenizer()
+    tok.add_tokens(["\n"] * newline + ["<|im_end|>"] * im_end)
+    if chat_template is not None:
+        tok.chat_template = chat_template
+    build_model(ModelConfig(), tok).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
 @pytest.fixture(scope="module")
 def init_dir(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("init")
+    return write_model(tmp_path_factory.mktemp("init"))
+
+
+@pytest.fixture(scope="module")
+def embedded_dir(tmp_path_factory) -> Path:
+    """The embedded default model and tokenizer as they are (rlvr_nb.models)."""
+    d = tmp_path_factory.mktemp("embedded")
     tok = build_tokenizer()
-    m = build_model(ModelConfig(), tok)
-    m.save_pretrained(d)
+    build_model(ModelConfig(), tok).save_pretrained(d)
     tok.save_pretrained(d)
     return d
 
 
 def tiny_cfg(init_dir: Path, out: Path, **kw) -> VerlRunConfig:
+    kw = {"max_prompt_length": 16, **kw}
     return VerlRunConfig(model_path=str(init_dir), output_dir=str(out), steps=6, prompts_per_step=4, group_size=4,
-                         max_prompt_length=16, max_response_length=6, ckpt_every=2, **kw)
+                         max_response_length=6, ckpt_every=2, **kw)
+
+
+def math_file(path: Path, n: int = 8) -> Path:
+    path.write_text("".join(json.dumps({"question": f"What is {i}+1?", "answer": str(i + 1)}) + "\n" for i in range(n)))
+    return path
 
 
 def as_dict(overrides: list[str]) -> dict[str, str]:
@@ -69,9 +96,8 @@ def test_installed_verl_is_the_validated_version():
 def test_every_override_key_is_known_to_verl(tmp_path, init_dir, estimator, data):
     kw = {}
     if data == "file":
-        f = tmp_path / "math.jsonl"
-        f.write_text("".join(json.dumps({"question": f"What is {i}+1?", "answer": str(i + 1)}) + "\n" for i in range(8)))
-        kw = dict(train_data=str(f), save_resumable=True, attn_implementation="flash_attention_2")
+        kw = dict(train_data=str(math_file(tmp_path / "math.jsonl")), save_resumable=True, max_prompt_length=128,
+                  attn_implementation="flash_attention_2")
     run = prepare_run(tiny_cfg(init_dir, tmp_path / "run", adv_estimator=estimator, **kw), validate_against_verl=False)
     overrides = run.command[3:]
     assert len(overrides) > 40
@@ -125,6 +151,11 @@ def test_estimator_mapping():
     assert g["actor_rollout_ref.actor.checkpoint.save_contents"] == "[hf_model]"
     assert g["trainer.resume_mode"] == "disable" and g["trainer.total_epochs"] == str(1000 * 128 // 1000)
     assert ov("grpo", clip_high=0.3, loss_agg="token-mean")["actor_rollout_ref.actor.loss_agg_mode"] == "token-mean"
+    # Dr. GRPO divides by the longest response, a constant; the other modes do not read loss_scale_factor
+    assert d["actor_rollout_ref.actor.loss_scale_factor"] == "16384" == str(VerlRunConfig().max_response_length)
+    assert all("actor_rollout_ref.actor.loss_scale_factor" not in o for o in (g, r, s))
+    # every prompt is checked to fit before verl starts; verl 0.9.1 reads data.truncation nowhere
+    assert "data.truncation" not in g and g["data.filter_overlong_prompts"] == "false"
 
 
 def test_validate_rejects_bad_configs():
@@ -190,9 +221,11 @@ def test_dry_run_writes_verl_data_reward_and_command(tmp_path, init_dir, capsys)
 def test_math_file_data_uses_boxed_instruction_and_math_grader(tmp_path, init_dir):
     f = tmp_path / "math.jsonl"
     f.write_text("".join(json.dumps({"problem": f"Compute {i}/2.", "solution": f"{i}/2"}) + "\n" for i in range(1, 9)))
-    with pytest.raises(ValueError, match="no column"):
+    with pytest.raises(ValueError, match=r"line 1: no 'question' or 'answer'; its columns are \['problem', 'solution'\]"):
         prepare_run(tiny_cfg(init_dir, tmp_path / "bad", train_data=str(f)), validate_against_verl=False)
-    cfg = tiny_cfg(init_dir, tmp_path / "run", train_data=str(f), question_key="problem", answer_key="solution")
+    assert not (tmp_path / "bad").exists()  # refused before anything was written
+    cfg = tiny_cfg(init_dir, tmp_path / "run", train_data=str(f), question_key="problem", answer_key="solution",
+                   max_prompt_length=128)
     run = prepare_run(cfg, validate_against_verl=False)
     import pyarrow.parquet as pq
 
@@ -400,3 +433,89 @@ def test_resolve_defaults_follow_the_data():
     assert emb.grader == "exact" and emb.prompt_suffix == "" and emb.chat_template is not None
     fil = resolve(VerlRunConfig(model_path="m", output_dir="o", train_data="x.jsonl"))
     assert fil.grader == "math" and "\\boxed{}" in fil.prompt_suffix and fil.chat_template is None
+
+
+# ----------------------------------------------------------------------------------------------------
+# Checked before anything is written: the model's tokenizer and the prompts
+
+
+def test_refuses_the_embedded_tokenizer_before_writing_anything(tmp_path, embedded_dir):
+    """verl 0.9.1's Qwen prompt builder cannot take the embedded tokenizer (tests/test_verl_checks.py shows verl's
+    own check raising): the launcher says so first, naming the model directory, and writes nothing."""
+    out = tmp_path / "run"
+    with pytest.raises(ValueError) as err:
+        prepare_run(tiny_cfg(embedded_dir, out), validate_against_verl=False)
+    msg = str(err.value)
+    assert msg.startswith(f"verl {VERL_VERSION} would fail on the model at {embedded_dir} before its first step")
+    assert "for config.json model_type 'qwen2' verl's rollout uses its Qwen prompt builder, which needs" in msg
+    assert not out.exists()
+
+
+def test_refuses_file_data_for_a_model_without_chat_template(tmp_path):
+    model = write_model(tmp_path / "model", chat_template=None)
+    cfg = tiny_cfg(model, tmp_path / "run", train_data=str(math_file(tmp_path / "math.jsonl")), max_prompt_length=128)
+    with pytest.raises(ValueError, match=f"(?s)model at {model} .*no usable chat template.*apply_chat_template"):
+        prepare_run(cfg, validate_against_verl=False)
+    assert not (tmp_path / "run").exists()
+    prepare_run(replace(cfg, chat_template=CONTENT_ONLY_TEMPLATE), validate_against_verl=False)  # one given: accepted
+
+
+def test_refuses_prompts_longer_than_max_prompt_length(tmp_path, init_dir):
+    f = tmp_path / "long.jsonl"
+    f.write_text("".join(json.dumps({"question": "1+" * (20 + 10 * i) + "1=", "answer": "2"}) + "\n" for i in range(4)))
+    prepare_run(tiny_cfg(init_dir, tmp_path / "ok", train_data=str(f), max_prompt_length=128), validate_against_verl=False)
+    cfg = tiny_cfg(init_dir, tmp_path / "run", train_data=str(f), max_prompt_length=80)
+    with pytest.raises(ValueError, match=r"2 prompt\(s\) of train_data .* longer than max_prompt_length=80 tokens "
+                                         r"\(chat template included\), the longest row 3 with 1\d\d tokens"):
+        prepare_run(cfg, validate_against_verl=False)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("bad, match", [
+    ("", "train_data is required"),
+    ("missing.jsonl", "train_data .*missing.jsonl: no such file"),
+    ("notes.txt", "must be .jsonl or .parquet"),
+    ("broken.jsonl", "broken.jsonl, line 2: not JSON"),
+    ("partial.jsonl", r"partial.jsonl, line 2: no 'answer'"),
+    ("empty.jsonl", "holds no rows"),
+    ("fake.parquet", "cannot be read as parquet"),
+])
+def test_bad_data_files_are_one_clear_error(tmp_path, init_dir, bad, match):
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "broken.jsonl").write_text('{"question": "1", "answer": "1"}\n{"question": \n')
+    (tmp_path / "partial.jsonl").write_text('{"question": "1", "answer": "1"}\n{"question": "2"}\n')
+    (tmp_path / "empty.jsonl").write_text("\n")
+    (tmp_path / "fake.parquet").write_text("not parquet")
+    with pytest.raises((ValueError, FileNotFoundError), match=match):
+        prepare_run(tiny_cfg(init_dir, tmp_path / "run", train_data=str(tmp_path / bad) if bad else ""),
+                    validate_against_verl=False)
+    assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------------------------------
+# A standard verl run is cached by config hash; 01 and 06 at gpu share it
+
+
+def test_standard_run_is_cached_reused_and_shared_by_01_and_06(tmp_path, init_dir, monkeypatch):
+    import rlvr_nb.experiments.rl_extra as rx
+    from rlvr_nb.notebook import profiles
+
+    monkeypatch.setenv("RLVR_NB_RUNS", str(tmp_path / "runs"))
+    calls: list = []
+    monkeypatch.setattr(vl, "run_verl", fake_verl(calls))
+    data = math_file(tmp_path / "math.jsonl")
+    rl01 = profiles.rl_config("gpu", seed=0)  # 01's recipe at gpu (its parameters cell passes seed=P.seed)
+    rl06 = profiles.rl_config("gpu", **profiles.PARAMS["06_rl_extra"]["gpu"]["rl_recipe"])  # 06's seed 0
+    assert rl01 == rl06
+    monkeypatch.chdir(tmp_path)
+    first = rx.ensure_verl_standard_run(replace(rl01, steps=2, ckpt_every=2), init_dir, str(data), 1)
+    again = rx.ensure_verl_standard_run(replace(rl06, steps=2, ckpt_every=2), os.path.relpath(init_dir), "math.jsonl", 1,
+                                        progress=False)  # re-running 01, or 06: the same run, reused
+    assert first == again and len(calls) == 1 and (first / "complete.json").exists()
+    data.write_text(data.read_text() + json.dumps({"question": "new", "answer": "1"}) + "\n")
+    assert rx.ensure_verl_standard_run(replace(rl01, steps=2, ckpt_every=2), init_dir, str(data), 1) != first
+    assert len(calls) == 2  # other data content: another run
+    root = Path(__file__).resolve().parents[1] / "notebooks"
+    for nb in ("01_training.py", "06_rl_extra.py"):
+        assert "ensure_verl_standard_run(" in (root / nb).read_text()
+    assert "run_verl(" not in (root / "01_training.py").read_text()

@@ -2,7 +2,9 @@
 by `resolve`), the Hydra overrides of `python -m verl.trainer.main_ppo` it becomes (`build_overrides`), and the
 check of those overrides against the config the installed verl packages (`validate_overrides`: OmegaConf
 struct mode on `verl/trainer/config/_generated_ppo_trainer.yaml`, so a key verl does not know fails before any
-GPU time is spent). Running it is `rlvr_nb.backends.verl_launcher`.
+GPU time is spent), and the one prompt format of a run (`PromptFormat`: training rows and evaluation prompts
+alike). What verl is given is checked by `rlvr_nb.backends.verl_inputs`; running it is
+`rlvr_nb.backends.verl_launcher`.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ class VerlRunConfig:
     prompt_suffix: str | None = None
     """Appended to each question; None: nothing for the embedded task, the \\boxed{} instruction for files."""
     chat_template: str | None = None
-    """Jinja chat template; None: content-only for the embedded task (its tokenizer has none), the model's own else."""
+    """Jinja chat template; None: content-only for the embedded task (its tokenizer has none), the model's own else
+    (a model without one is refused before verl starts: verl renders every prompt with apply_chat_template)."""
     grader: str = "auto"
     """'exact', 'math' (math-verify on the last \\boxed{}) or 'auto' (exact for embedded, math for files)."""
     embedded_digits: int = 3
@@ -70,7 +73,10 @@ class VerlRunConfig:
     temperature: float = 1.0
     """Rollout temperature."""
     max_prompt_length: int = 1024
-    """Longest prompt in tokens (longer prompts are an error, not truncated)."""
+    """Longest prompt in tokens, chat template included. A training row with a longer prompt is refused before
+    verl starts (`rlvr_nb.backends.verl_inputs.check_prompts`): verl 0.9.1 itself never refuses one, whatever
+    data.truncation says (its RLHFDataset reads that key and uses it nowhere; its rollout left-truncates the
+    prompt with a warning, so the model would see the end of the question only)."""
     max_response_length: int = 16384
     """Longest response in tokens (the paper: 16k)."""
     steps: int = 1000
@@ -111,6 +117,8 @@ def validate_verl_config(cfg: VerlRunConfig) -> None:
         raise ValueError("model_path is required (a HuggingFace model directory)")
     if not cfg.output_dir:
         raise ValueError("output_dir is required (a fresh run directory)")
+    if not cfg.train_data:
+        raise ValueError(f"train_data is required: {EMBEDDED!r} (the addition task) or a .jsonl / .parquet file")
     if cfg.adv_estimator not in ADV_ESTIMATORS:
         raise ValueError(f"adv_estimator must be one of {ADV_ESTIMATORS}, got {cfg.adv_estimator!r}")
     if cfg.loss_agg is not None and cfg.loss_agg not in VERL_LOSS_AGGS:
@@ -158,6 +166,32 @@ class Resolved:
     grader: str
     prompt_suffix: str
     chat_template: str | None
+
+    @property
+    def prompt_format(self) -> PromptFormat:
+        return PromptFormat(self.prompt_suffix, self.chat_template)
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """How a question becomes a prompt, for training and evaluation alike: one user message holding the question
+    and the suffix, rendered by the chat template (None: the tokenizer's own) with the generation prompt.
+
+    verl's rollout does exactly this with each row of train.parquet (whose `prompt` is `messages`): its prompt
+    builder calls apply_chat_template(messages, add_generation_prompt=True, tokenize=True) on the tokenizer
+    with actor_rollout_ref.model.custom_chat_template set. `render` gives the same prompt as text, which
+    `rlvr_nb.evaluate` tokenizes without special tokens, to the same ids (tests/test_verl_checks.py)."""
+
+    suffix: str = ""
+    chat_template: str | None = None
+
+    def messages(self, question: str) -> list[dict]:
+        return [{"role": "user", "content": question + self.suffix}]
+
+    def render(self, tokenizer, question: str) -> str:
+        """The prompt text of one question (ValueError from transformers when there is no chat template)."""
+        return tokenizer.apply_chat_template(self.messages(question), chat_template=self.chat_template,
+                                             add_generation_prompt=True, tokenize=False)
 
 
 def resolve(cfg: VerlRunConfig) -> Resolved:
@@ -263,7 +297,9 @@ def build_overrides(cfg: VerlRunConfig, n_train: int) -> list[str]:
         "data.train_batch_size": cfg.prompts_per_step,
         "data.max_prompt_length": cfg.max_prompt_length,
         "data.max_response_length": cfg.max_response_length,
-        "data.truncation": "error",
+        # every prompt is checked to fit before verl starts (verl_inputs.check_prompts): nothing for verl to drop;
+        # data.truncation is not set, verl 0.9.1 reads it nowhere (see max_prompt_length)
+        "data.filter_overlong_prompts": False,
         "data.shuffle": True,
         "data.seed": cfg.seed,
         "actor_rollout_ref.model.path": str(Path(cfg.model_path).resolve()),
@@ -309,6 +345,9 @@ def build_overrides(cfg: VerlRunConfig, n_train: int) -> list[str]:
         "trainer.experiment_name": files.root.name,
         "trainer.logger": ["console", "file"],
     }
+    if r.loss_agg == "seq-mean-token-sum-norm":  # Dr. GRPO divides by a constant, the longest response (its paper,
+        # and our trainer); unset, verl divides by the padded width of each micro-batch, which varies
+        ov["actor_rollout_ref.actor.loss_scale_factor"] = cfg.max_response_length
     if r.chat_template is not None:
         ov["actor_rollout_ref.model.custom_chat_template"] = r.chat_template
     return [f"{k}={hydra_value(v)}" for k, v in ov.items()] + list(cfg.extra_overrides)
@@ -412,19 +451,3 @@ def validate_overrides(overrides: Sequence[str], config_path: str | Path | None 
         errors += [f"{k}: {msg}" for k, new in zip(keys, news) if (msg := struct_merge([new])) is not None] or [failure]
     if errors:
         raise ValueError(f"{len(errors)} override(s) do not fit verl's config:\n  " + "\n  ".join(errors))
-
-
-# ----------------------------------------------------------------------------------------------------
-# From our trainer's config
-
-
-def from_rl_config(rl, model_path: str | Path, output_dir: str | Path, train_data: str | None = None,
-                   n_gpus: int = 1) -> VerlRunConfig:
-    """The verl run equivalent to one of our `RLConfig`s (the `gpu` profile of 01 and 06): same estimator,
-    learning rate, batch, group size, clips, loss aggregation, steps, checkpoint spacing and seed."""
-    return VerlRunConfig(
-        model_path=str(model_path), output_dir=str(output_dir), train_data=train_data or EMBEDDED,
-        adv_estimator=rl.adv_estimator, lr=rl.lr, weight_decay=rl.weight_decay, grad_clip=rl.grad_clip,
-        prompts_per_step=rl.prompts_per_step, group_size=rl.group_size, temperature=rl.temperature,
-        max_response_length=rl.max_new_tokens, steps=rl.steps, ckpt_every=rl.ckpt_every,
-        clip_low=rl.clip_low, clip_high=rl.clip_high, loss_agg=rl.loss_agg, n_gpus=n_gpus, seed=rl.seed)

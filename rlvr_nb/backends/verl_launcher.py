@@ -1,6 +1,11 @@
 """Train with verl on GPUs: one training config -> verl parquet data, a reward file that calls our grader,
 and the Hydra overrides of `python -m verl.trainer.main_ppo`, run as a subprocess with its log beside the run.
 
+Before anything is written, what verl will be given is checked (`rlvr_nb.backends.verl_inputs`): the data
+files, the model's tokenizer against what verl 0.9.1's rollout needs of it, and every training prompt's length.
+A standard RL run is cached by config hash like the embedded runs
+(`rlvr_nb.experiments.rl_extra.ensure_verl_standard_run`: 01 and 06 at `gpu` share it).
+
 verl (validated against 0.9.1, see `VERL_VERSION`) needs a GPU: its rollouts run on vLLM, SGLang or
 TensorRT-LLM. Everything here up to `launch` runs on a CPU: `--dry-run` prepares the run directory and
 prints the exact command, whose overrides `rlvr_nb.backends.verl_config` builds and checks against the
@@ -35,69 +40,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
-import torch
 from tqdm.auto import tqdm
 
-from rlvr_nb.backends.verl_config import (EMBEDDED, VERL_VERSION, RunFiles, VerlRunConfig, build_overrides,
-                                          from_rl_config, resolve, validate_overrides, validate_verl_config,
-                                          verl_command)
+from rlvr_nb.backends.verl_config import (EMBEDDED, VERL_VERSION, RunFiles, VerlRunConfig, build_overrides, resolve,
+                                          validate_overrides, validate_verl_config, verl_command)
 from rlvr_nb.checkpoint_files import VERL_TRACKER, CheckpointError, has_weights, read_json, scan_checkpoints
 from rlvr_nb.checkpoint_writes import WRITTEN, atomic_dir, atomic_file, foreign_files, refuse_overlap, write_json, write_text
 from rlvr_nb.checkpoints import is_complete, mark_complete
-from rlvr_nb.tasks import AdditionTask, Problem, TaskConfig
+from rlvr_nb.backends.verl_inputs import check_prompts, check_tokenizer, task_problems, verl_rows
+from rlvr_nb.tasks import TaskConfig
 
 if TYPE_CHECKING:
     from rlvr_nb.grpo import RLConfig
 
 
 # ----------------------------------------------------------------------------------------------------
-# Data: verl parquet
-
-
-def load_problems(path: str | Path, question_key: str = "question", answer_key: str = "answer") -> list[Problem]:
-    """Problems from a local .jsonl or .parquet file with question and answer columns."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no data file at {path}")
-    if path.suffix == ".jsonl":
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    elif path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        rows = pq.read_table(path).to_pylist()
-    else:
-        raise ValueError(f"{path}: data files must be .jsonl or .parquet")
-    if not rows:
-        raise ValueError(f"{path} holds no rows")
-    missing = [k for k in (question_key, answer_key) if k not in rows[0]]
-    if missing:
-        raise ValueError(f"{path} has no column(s) {missing}; columns are {sorted(rows[0])} "
-                         "(set question_key / answer_key)")
-    return [Problem(str(r[question_key]), str(r[answer_key])) for r in rows]
-
-
-def task_problems(cfg: VerlRunConfig) -> tuple[list[Problem], list[Problem], str]:
-    """(train, val, data_source). The embedded task gets steps * prompts_per_step fresh training problems
-    (one epoch, like our own trainer) drawn with the seed, and its fixed held-out split as val."""
-    if cfg.train_data == EMBEDDED:
-        task = AdditionTask(TaskConfig(digits=cfg.embedded_digits, seed=cfg.seed))
-        train = task.sample_train(cfg.steps * cfg.prompts_per_step, torch.Generator().manual_seed(cfg.seed))
-        return train, list(task.eval_problems), f"rlvr_nb/addition{cfg.embedded_digits}"
-    train = load_problems(cfg.train_data, cfg.question_key, cfg.answer_key)
-    val = (load_problems(cfg.val_data, cfg.question_key, cfg.answer_key) if cfg.val_data
-           else train[: min(len(train), 64)])
-    return train, val, f"rlvr_nb/{Path(cfg.train_data).stem}"
-
-
-def verl_rows(problems: Sequence[Problem], data_source: str, split: str, prompt_suffix: str = "") -> list[dict]:
-    """verl's RL dataset rows: `prompt` is a chat-message list, the reward spec is rule-based."""
-    return [{
-        "data_source": data_source,
-        "prompt": [{"role": "user", "content": p.prompt + prompt_suffix}],
-        "ability": "math",
-        "reward_model": {"style": "rule", "ground_truth": p.answer},
-        "extra_info": {"split": split, "index": i, "question": p.prompt, "answer": p.answer},
-    } for i, p in enumerate(problems)]
+# The run directory's files
 
 
 def write_parquet(rows: list[dict], path: Path) -> Path:
@@ -109,16 +67,16 @@ def write_parquet(rows: list[dict], path: Path) -> Path:
     return path
 
 
-REWARD_FILE = '''"""verl reward function written by rlvr_nb.backends.verl_launcher: grader {grader!r} (rlvr_nb.evaluate)."""
+REWARD_FILE = '''"""verl reward function written by rlvr_nb.backends.verl_launcher: grader {grader!r}, bounded in time in
+verl's reward threads (rlvr_nb.backends.verl_reward)."""
 
 GRADER = {grader!r}
 
 
 def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs):
-    from rlvr_nb.evaluate import exact_grader, math_grader  # imported in verl's reward worker
+    from rlvr_nb.backends.verl_reward import score  # imported in verl's reward worker
 
-    grade = exact_grader if GRADER == "exact" else math_grader
-    return float(grade(solution_str, str(ground_truth)))
+    return score(solution_str, str(ground_truth), GRADER)
 '''
 
 
@@ -145,8 +103,10 @@ class VerlRun:
 def prepare_run(cfg: VerlRunConfig, validate_against_verl: bool | None = None) -> VerlRun:
     """Write data, reward file, command.sh and launch.json into a fresh output_dir; returns the run.
 
-    validate_against_verl: check the overrides against the installed verl's config (None: when verl is
-    installed)."""
+    Everything is checked first and nothing is written when a check fails: the config, the data files, the
+    model's tokenizer and the prompts (`rlvr_nb.backends.verl_inputs`: one ValueError naming the model directory
+    and what verl 0.9.1 would fail on), and the overrides against the installed verl's config
+    (validate_against_verl; None: when verl is installed)."""
     validate_verl_config(cfg)
     if not Path(cfg.model_path).is_dir():
         raise FileNotFoundError(f"model_path {cfg.model_path} is not a directory (a HuggingFace model)")
@@ -158,12 +118,14 @@ def prepare_run(cfg: VerlRunConfig, validate_against_verl: bool | None = None) -
                               "fresh (resume_mode=disable): choose a new output_dir")
     r = resolve(cfg)
     train, val, source = task_problems(cfg)
-    write_parquet(verl_rows(train, source, "train", r.prompt_suffix), files.train)
-    write_parquet(verl_rows(val, source, "val", r.prompt_suffix), files.val)
-    write_reward_file(files.reward, r.grader)
+    tok = check_tokenizer(cfg.model_path, r.prompt_format, train[0].prompt)
+    check_prompts(tok, r.prompt_format, train, cfg.max_prompt_length, f"train_data {cfg.train_data}")
     overrides = build_overrides(cfg, len(train))
     if validate_against_verl or (validate_against_verl is None and importlib.util.find_spec("verl") is not None):
         validate_overrides(overrides)
+    write_parquet(verl_rows(train, source, "train", r.prompt_format), files.train)
+    write_parquet(verl_rows(val, source, "val", r.prompt_format), files.val)
+    write_reward_file(files.reward, r.grader)
     command = verl_command(overrides)
     env_line = f"VERL_FILE_LOGGER_PATH={shlex.quote(str(files.metrics))}"
     write_text(files.command, "#!/bin/sh\n# written by rlvr_nb.backends.verl_launcher\ncd " + shlex.quote(str(files.root))
@@ -335,6 +297,18 @@ def run_verl_into(target: str | Path, make_cfg: Callable[[Path], VerlRunConfig],
         run_verl(make_cfg(tmp), progress=progress)
         mark_complete(tmp)
     return target
+
+
+def from_rl_config(rl, model_path: str | Path, output_dir: str | Path, train_data: str | None = None,
+                   n_gpus: int = 1) -> VerlRunConfig:
+    """The verl run equivalent to one of our `RLConfig`s (the `gpu` profile of 01 and 06): same estimator,
+    learning rate, batch, group size, clips, loss aggregation, steps, checkpoint spacing and seed."""
+    return VerlRunConfig(
+        model_path=str(model_path), output_dir=str(output_dir), train_data=train_data or EMBEDDED,
+        adv_estimator=rl.adv_estimator, lr=rl.lr, weight_decay=rl.weight_decay, grad_clip=rl.grad_clip,
+        prompts_per_step=rl.prompts_per_step, group_size=rl.group_size, temperature=rl.temperature,
+        max_response_length=rl.max_new_tokens, steps=rl.steps, ckpt_every=rl.ckpt_every,
+        clip_low=rl.clip_low, clip_high=rl.clip_high, loss_agg=rl.loss_agg, n_gpus=n_gpus, seed=rl.seed)
 
 
 def train_block_verl(rl_block: RLConfig, init_dir: Path, block_dir: Path, task_cfg: TaskConfig,

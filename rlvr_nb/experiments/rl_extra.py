@@ -3,7 +3,8 @@
 The method is `rlvr_nb.regrounding` (the equations, `RegroundConfig`, `run_regrounding`, the ledger); this
 module is the study built on it:
 
-- cached runs: `ensure_regrounding_run` (embedded or verl blocks) and `ensure_verl_standard_run`;
+- cached runs: `ensure_regrounding_run` (embedded or verl blocks) and `ensure_verl_standard_run` (01's run
+  at `gpu` too);
 - which model a run holds at each real step (`models_at_real_steps`, `standard_models`) and its held-out
   accuracy there (`accuracy_curve` -> `Curve`);
 - the speed-up to a target accuracy (`speedup_rows`, `speedup_summary`, `best_speedup`), accuracy at equal
@@ -23,7 +24,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from tqdm.auto import tqdm
 
-from rlvr_nb.backends.verl_launcher import from_rl_config, run_verl_into, train_block_verl
+from rlvr_nb.backends.verl_launcher import EMBEDDED, from_rl_config, run_verl_into, train_block_verl
 from rlvr_nb.checkpoint_files import find_checkpoints
 from rlvr_nb.grpo import RLConfig
 from rlvr_nb.regrounding import (RegroundConfig, accuracy_at_budgets, read_ledger, run_regrounding, speedup,
@@ -44,7 +45,11 @@ def ensure_regrounding_run(cfg: RegroundConfig, rl: RLConfig, emb=None, progress
     emb = EmbeddedConfig() if emb is None else emb
     init = Path(init_dir) if init_dir is not None else ensure_warm_start(emb, progress)
     rl = replace(rl, steps=cfg.budget, ckpt_every=cfg.m)  # per-block values are set by block_rl_config
-    run = runs_root() / f"reground-{config_hash(emb, rl, cfg, {'trainer': trainer, 'init': str(init)})}"
+    key = {'trainer': trainer, 'init': str(init)}
+    if trainer == "verl" and verl_options:  # the data and GPUs of its blocks (runs without keep their hashes)
+        data = verl_options.get("train_data")
+        key["verl"] = {**verl_options, "train_data": str(Path(data).resolve()) if data else None}
+    run = runs_root() / f"reground-{config_hash(emb, rl, cfg, key)}"
     train_block = partial(train_block_verl, **dict(verl_options or {})) if trainer == "verl" else None
     with run_lock(run):
         if not (run / "complete.json").exists():
@@ -55,15 +60,28 @@ def ensure_regrounding_run(cfg: RegroundConfig, rl: RLConfig, emb=None, progress
 
 def ensure_verl_standard_run(rl: RLConfig, model_path: str | Path, train_data: str | None = None, n_gpus: int = 1,
                              progress: bool = True) -> Path:
-    """Standard RL with verl (GPU) from model_path, cached under runs_root() by config hash; an interrupted
-    run is started again (verl runs here are never resumed; `run_verl_into` writes the run beside its place
-    and renames it in once complete). Checkpoints: <run>/checkpoints/step_N/."""
+    """Standard RL with verl (GPU) from model_path on train_data, cached under runs_root() by config hash like
+    the embedded runs: 01 at `gpu` trains it, 06's standard-RL seed 0 (the same RLConfig) finds it. A complete
+    run is reused; one not yet there is trained through `run_verl_into`, written beside its place and renamed in
+    once complete (an interrupted run is started again: verl runs here are never resumed; a directory in its
+    place that this code did not write is refused). The hash holds the RLConfig, the resolved model path, the
+    data file's resolved path and content, and n_gpus. Checkpoints: <run>/checkpoints/step_N/."""
+    import hashlib
+
     from rlvr_nb.embedded import config_hash, run_lock, runs_root
 
-    run = runs_root() / f"verl-rl-{config_hash(rl, {'model': str(model_path), 'data': train_data, 'n_gpus': n_gpus})}"
+    data = str(Path(train_data).resolve()) if train_data and train_data != EMBEDDED else None
+    key: dict = {"model": str(Path(model_path).resolve()), "data": data, "n_gpus": n_gpus}
+    if data is not None and Path(data).is_file():
+        h = hashlib.sha256()
+        with open(data, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        key["data_sha256"] = h.hexdigest()
+    run = runs_root() / f"verl-rl-{config_hash(rl, key)}"
     with run_lock(run):
-        run_verl_into(run, lambda out: from_rl_config(rl, model_path, out, train_data=train_data, n_gpus=n_gpus),
-                      inputs=[model_path], progress=progress)
+        run_verl_into(run, lambda out: from_rl_config(rl, model_path, out, train_data=data, n_gpus=n_gpus),
+                      inputs=[model_path, *([data] if data else [])], progress=progress)
     return run
 
 

@@ -7,6 +7,9 @@
 A notebook's `parameters` cell holds `profile` and its knobs, each defaulting to None, which means "the
 profile's value from this table"; `resolve` fills them in, so papermill's `-p` and a reader editing the
 cell both override exactly one value.
+
+At `gpu` the data files are required and checked by `resolve`, before anything runs (`GPU_DATA`): without
+data_path a real model would train on the embedded task (reversed-digit addition, no instruction; reward ~0).
 """
 
 from __future__ import annotations
@@ -158,6 +161,32 @@ PARAMS: dict[str, dict[str, dict]] = {
 }
 
 
+# At `gpu`: the data-file knobs each notebook needs (required) and may have (checked when given): 01 trains on
+# data_path; 06 trains on data_path and evaluates on eval_data; 05 evaluates on eval_data, which a run_dir of a
+# real model needs (empty run_dir and eval_data: the embedded run on the embedded task).
+GPU_DATA: dict[str, tuple[str, ...]] = {"01_training": ("data_path",), "06_rl_extra": ("data_path", "eval_data")}
+GPU_DATA_OPTIONAL: dict[str, tuple[str, ...]] = {"05_extrapolation": ("eval_data",)}
+
+
+def check_gpu_data(notebook: str, values: dict) -> None:
+    """The `gpu` data files of a notebook's resolved knobs: each required one given, and every given one a readable
+    .jsonl / .parquet file whose every row has a question and an answer (one error naming the knob and the file)."""
+    from rlvr_nb.backends.verl_inputs import load_problems
+
+    required = GPU_DATA.get(notebook, ())
+    if notebook == "05_extrapolation" and values.get("run_dir"):
+        required = ("eval_data",)
+    for key in required:
+        if not values.get(key):
+            raise ValueError(f"{notebook} at profile gpu needs {key}: a .jsonl or .parquet file with question and "
+                             f"answer columns (-p {key} /path/to/file.jsonl); without it a real model would "
+                             + ("train" if key == "data_path" else "be evaluated")
+                             + " on the embedded task (reversed-digit addition, no instruction)")
+    for key in dict.fromkeys(required + GPU_DATA_OPTIONAL.get(notebook, ())):
+        if values.get(key):
+            load_problems(values[key], what=key)
+
+
 def embedded_config(profile: str) -> EmbeddedConfig:
     """The tiny model, task and warm start of the embedded default at this profile."""
     check_profile(profile)
@@ -194,4 +223,6 @@ def resolve(notebook: str, profile: str, **given) -> SimpleNamespace:
     table = PARAMS.get(notebook, {}).get(profile, {})
     values = dict(table)
     values.update({k: v for k, v in given.items() if v is not None})
+    if profile == "gpu":
+        check_gpu_data(notebook, values)
     return SimpleNamespace(profile=profile, **values)
