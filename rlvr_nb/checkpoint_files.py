@@ -398,6 +398,20 @@ def files_signature(d: str | Path) -> tuple:
     return tuple(sig)
 
 
+def read_model_config(model_dir: str | Path) -> dict:
+    """config.json of a HuggingFace model directory that holds safetensors weights, or one clear error
+    naming the directory (vLLM is asked to load nothing else: never pickled weights)."""
+    model_dir = Path(model_dir)
+    f = model_dir / "config.json"
+    if not f.is_file():
+        raise FileNotFoundError(f"{model_dir} is not a HuggingFace model directory (no config.json)")
+    weight_files(model_dir)  # FileNotFoundError naming the directory (and any pickles found instead)
+    config = read_json(f)
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{f} is a JSON {type(config).__name__}, not an object")
+    return config
+
+
 # ---------------------------------------------------------------------------------------------
 # Tokenizers
 

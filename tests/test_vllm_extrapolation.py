@@ -1,13 +1,12 @@
-"""CPU tests of the vLLM paths: the two-stack logits-extrapolation model (its mixing, weight names and
-routing, driven by transformers stacks standing in for vLLM's) and the vLLM sampling backend (driven by a
-fake `vllm` module). What needs a GPU (vLLM itself) is not exercised here."""
+"""CPU tests of the two-stack logits-extrapolation model without vLLM: its mixing, weight names, checkpoint
+writer and routing, driven by transformers stacks standing in for vLLM's (the sampling backend:
+tests/test_vllm_backend.py). The same code in a real vLLM engine: tests/vllm_engine (.venv-vllm)."""
 
 import hashlib
 import inspect
 import json
 import random
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -277,151 +276,3 @@ def test_module_imports_without_vllm(monkeypatch):
     importlib.reload(ve)
     with pytest.raises(ImportError):
         ve.register()
-
-
-# ----------------------------------------------------------------------------------------------------
-# The sampling backend, with a fake vllm module
-
-
-class FakeSamplingParams:
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
-
-
-class FakeLLM:
-    """Answers an addition prompt `abc+def=` with the reversed sum and EOS (the right answer), n times."""
-
-    instances: list = []
-
-    def __init__(self, **kw):
-        self.kw = kw
-        self.calls = 0
-        self.shut = False
-        self.llm_engine = types.SimpleNamespace(engine_core=types.SimpleNamespace(shutdown=self._shutdown))
-        FakeLLM.instances.append(self)
-
-    def _shutdown(self):
-        self.shut = True
-
-    def generate(self, prompts, params, use_tqdm=True):
-        self.calls += 1
-        tok = build_tokenizer()
-        outs = []
-        for p, sp in zip(prompts, params):
-            assert sp.stop_token_ids == [tok.eos_token_id] and sp.detokenize is False
-            text = tok.decode(p["prompt_token_ids"])
-            a, b = text.rstrip("=").split("+")
-            answer = str(int(a) + int(b)).zfill(len(a) + 1)[::-1]
-            ids = tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-            outs.append(types.SimpleNamespace(outputs=[types.SimpleNamespace(token_ids=ids)] * sp.n))
-        return outs
-
-
-@pytest.fixture
-def fake_vllm(monkeypatch):
-    FakeLLM.instances = []
-    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=FakeLLM, SamplingParams=FakeSamplingParams))
-    return FakeLLM
-
-
-def test_vllm_generate_plumbing(tmp_path, fake_vllm):
-    from rlvr_nb.backends.vllm_backend import VllmEngineConfig, vllm_generate
-
-    tiny_pair(tmp_path)
-    out = vllm_generate(tmp_path / "base", ["123+989=", "001+002="], n=3, max_tokens=6, seed=5,
-                        engine=VllmEngineConfig(dtype="float32", hf_overrides={"extrapolation_alpha": 2.0}),
-                        progress=False)
-    assert out == [["2111"] * 3, ["3000"] * 3]
-    llm = fake_vllm.instances[0]
-    assert llm.kw["model"] == str((tmp_path / "base").resolve())
-    assert llm.kw["skip_tokenizer_init"] is True and llm.kw["trust_remote_code"] is False
-    assert llm.kw["dtype"] == "float32" and llm.kw["hf_overrides"] == {"extrapolation_alpha": 2.0}
-    assert llm.shut  # an engine built inside the call is shut down
-
-
-def test_vllm_policy_through_evaluate_with_cache(tmp_path, fake_vllm):
-    from rlvr_nb.evaluate import EvalConfig, evaluate
-    from rlvr_nb.tasks import AdditionTask, TaskConfig
-    from rlvr_nb.backends.vllm_backend import VllmPolicy
-
-    tiny_pair(tmp_path)
-    problems = AdditionTask(TaskConfig(n_eval=16)).eval_problems
-    with VllmPolicy(tmp_path / "base") as policy:
-        r1 = evaluate(policy, problems, EvalConfig(k=4, max_new_tokens=6), cache_dir=tmp_path / "cache", progress=False)
-        r2 = evaluate(policy, problems, EvalConfig(k=4, max_new_tokens=6), cache_dir=tmp_path / "cache", progress=False)
-        calls = policy.llm.calls
-    assert r1.avg_at_k == 1.0 and r1.pass_at_k[1] == 1.0
-    assert r2.from_cache and calls == 1
-    assert fake_vllm.instances[0].shut
-    assert VllmPolicy(tmp_path / "base").fingerprint() != VllmPolicy(
-        tmp_path / "base", engine=__import__("rlvr_nb.backends.vllm_backend").backends.vllm_backend.VllmEngineConfig(dtype="bfloat16")).fingerprint()
-
-
-def test_completions_to_tensors_matches_generate_contract():
-    from rlvr_nb.backends.vllm_backend import completions_to_tensors, token_prompts
-
-    tokens, mask = completions_to_tensors([[5, 6, 1, 7], [5], [4, 4, 4, 4, 4, 4]], 4, eos_id=1, pad_id=0)
-    assert tokens.tolist() == [[5, 6, 1, 0], [5, 0, 0, 0], [4, 4, 4, 4]]
-    assert mask.tolist() == [[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]]
-    ids = torch.tensor([[0, 0, 3, 4], [2, 3, 4, 5]])
-    assert token_prompts(ids, (ids != 0).long()) == [{"prompt_token_ids": [3, 4]}, {"prompt_token_ids": [2, 3, 4, 5]}]
-
-
-def test_backend_without_vllm_says_how_to_get_it(tmp_path, monkeypatch):
-    from rlvr_nb.backends.vllm_backend import vllm_generate
-
-    tiny_pair(tmp_path)
-    monkeypatch.setitem(sys.modules, "vllm", None)
-    with pytest.raises(ImportError, match="environment.yml"):
-        vllm_generate(tmp_path / "base", ["1+1="])
-
-
-# ----------------------------------------------------------------------------------------------------
-# On a GPU with vLLM installed (skipped elsewhere): the real engine against the CPU sampler
-
-
-def _gpu_vllm() -> bool:
-    import importlib.util
-
-    return torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not _gpu_vllm(), reason="needs a CUDA GPU and vllm (environment.yml)")
-@pytest.mark.parametrize("two_stack", [False, True])
-def test_vllm_engine_matches_the_cpu_sampler(tmp_path, two_stack):
-    """Greedy tokens equal the CPU sampler's, and vLLM's log-probs of them equal log_softmax of the CPU
-    (mixed) logits: the same distribution, sampled by vLLM's own sampler."""
-    from rlvr_nb.backends.vllm_backend import VllmEngineConfig, close_engine, import_vllm, open_engine
-
-    alpha = 1.5
-    tok, base, second = tiny_pair(tmp_path)
-    models = [base, second] if two_stack else [base]
-    mix = (lambda ls: mix_logits(ls[0], ls[1], alpha)) if two_stack else None
-    model_dir = (write_two_stack_checkpoint(tmp_path / "base", tmp_path / "second", tmp_path / "two", alpha)
-                 if two_stack else tmp_path / "base")
-    prompts = ["123+456=", "999+001=", "500+500=", "042+377="]
-    ids, mask = encode_prompts(tok, prompts)
-    ref, ref_mask = generate(models, ids, mask, max_new_tokens=6, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
-                             temperature=0.0, mix=mix)
-    vllm = import_vllm()
-    llm = open_engine(model_dir, VllmEngineConfig(dtype="float32", enforce_eager=True, gpu_memory_utilization=0.3,
-                                                  max_model_len=64))
-    try:
-        params = vllm.SamplingParams(temperature=0.0, max_tokens=6, stop_token_ids=[tok.eos_token_id],
-                                     detokenize=False, logprobs=1)
-        outs = llm.generate([{"prompt_token_ids": tok(p, add_special_tokens=False)["input_ids"]} for p in prompts],
-                            params, use_tqdm=False)
-    finally:
-        close_engine(llm)
-    for i, (p, o) in enumerate(zip(prompts, outs)):
-        got = list(o.outputs[0].token_ids)
-        assert got == ref[i, : int(ref_mask[i].sum())].tolist()
-        seq = tok(p, add_special_tokens=False)["input_ids"] + got
-        with torch.no_grad():
-            ls = [m(torch.tensor([seq])).logits[0].float() for m in models]
-        logits = mix(ls) if two_stack else ls[0]
-        logp = torch.log_softmax(logits, -1)
-        n = len(tok(p, add_special_tokens=False)["input_ids"])
-        for j, t in enumerate(got):
-            assert o.outputs[0].logprobs[j][t].logprob == pytest.approx(float(logp[n - 1 + j, t]), abs=2e-3)

