@@ -55,7 +55,7 @@ from rlvr_nb import paper
 from rlvr_nb.experiments import comparisons as cmp
 from rlvr_nb.notebook import profiles
 from rlvr_nb.embedded import ensure_rl_run, ensure_sft_run, repo_root
-from rlvr_nb.figures import (figure_dir, plot_comparison_medians, plot_examples_by_run, plot_module_layer_heatmap,
+from rlvr_nb.figures import (output_path, plot_comparison_medians, plot_examples_by_run, plot_module_layer_heatmap,
                              plot_r2_histograms, plot_sweep, save_figure)
 from rlvr_nb.linearity import LinearityConfig, weight_linearity
 from rlvr_nb.logprobs import ProbeConfig, ensure_probes
@@ -192,9 +192,8 @@ if P.compare:
 # rewrite it.
 
 # %%
-sweep_path = repo_root() / P.sweep_file if P.sweep_file else figure_dir().parent / f"02_sweep_{profile}.json"
-if not P.run_sweep and not sweep_path.exists() and not P.sweep_file:  # the runner stages outputs: read the last one
-    sweep_path = repo_root() / "papermill_runs" / profile / sweep_path.name
+sweep_path = repo_root() / P.sweep_file if P.sweep_file else output_path(f"02_sweep_{profile}.json", profile,
+                                                                         reading=not P.run_sweep)
 tuned = "smoke" if profile == "smoke" else "cpu"  # the sweep tunes the embedded default (gpu shows cpu's table)
 sweep_base = cmp.with_steps(profiles.rl_config(tuned, **P.sweep_base), P.sweep_base_steps)
 specs = cmp.sweep_specs(sweep_base, P.sweep_lrs, P.sweep_prompts, P.sweep_steps, P.sweep_combined)

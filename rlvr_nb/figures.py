@@ -30,6 +30,14 @@ def figure_dir() -> Path:
     return Path(out) / "figures" if out else REPO_ROOT / "papermill_runs" / "interactive" / "figures"
 
 
+def output_path(name: str, profile: str, reading: bool = False) -> Path:
+    """<this run's output folder>/<name> (beside figure_dir()); with reading=True, when this run has not written it
+    (the runner executes each notebook in a staging folder), the last completed run's papermill_runs/<profile>/<name>."""
+    path = figure_dir().parent / name
+    committed = REPO_ROOT / "papermill_runs" / profile / name
+    return committed if reading and not path.exists() and committed.exists() else path
+
+
 def save_figure(fig: plt.Figure, name: str, directory: str | Path | None = None) -> Path:
     """Save `fig` as <directory or figure_dir()>/<name>.png and return the path."""
     from rlvr_nb.checkpoint_writes import atomic_file

@@ -197,3 +197,21 @@ def test_failing_notebook_is_recorded(tmp_path, monkeypatch, capsys):
     assert rec["parameters"]["lr"] == -1.0 and manifest["profile"] == "smoke" and "torch" in manifest["versions"]
     assert (tmp_path / "out" / "partial" / "01_training.ipynb").exists()  # partial output kept
     assert "FAILED: 01_training" in capsys.readouterr().err
+
+
+def test_output_path_reads_the_last_completed_run_when_this_run_has_not_written_it(tmp_path, monkeypatch):
+    """A notebook runs in a staging folder: a table it only reads comes from the last completed run's outputs."""
+    import rlvr_nb.figures as figures
+
+    monkeypatch.setattr(figures, "REPO_ROOT", tmp_path)
+    monkeypatch.setenv("RLVR_NB_OUT", str(tmp_path / "papermill_runs" / "smoke" / ".staging-02-1"))
+    committed = tmp_path / "papermill_runs" / "smoke" / "t.json"
+    staged = tmp_path / "papermill_runs" / "smoke" / ".staging-02-1" / "t.json"
+    assert figures.output_path("t.json", "smoke", reading=True) == staged  # nothing anywhere: where to write
+    committed.parent.mkdir(parents=True)
+    committed.write_text("{}")
+    assert figures.output_path("t.json", "smoke", reading=True) == committed
+    assert figures.output_path("t.json", "smoke") == staged  # writing always goes to this run's outputs
+    staged.parent.mkdir(parents=True)
+    staged.write_text("{}")
+    assert figures.output_path("t.json", "smoke", reading=True) == staged
