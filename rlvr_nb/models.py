@@ -1,8 +1,15 @@
 """The tiny model of the embedded default: a `Qwen2ForCausalLM` from transformers and a character-level
-tokenizer built with the `tokenizers` library, saved as an ordinary HuggingFace directory.
+`Qwen2Tokenizer`, saved as an ordinary HuggingFace directory.
 
 Nothing is downloaded: both are built from a config and a seed. Loading never uses
 `trust_remote_code` and reads weights from safetensors only.
+
+Every engine must load the directory as it is, so the shapes follow what they accept: head size 32 (vLLM's CPU
+attention has no kernel below 32), and a tokenizer that is a Qwen2 byte-level BPE with no merges. transformers
+loads any `qwen2` model directory with `Qwen2Tokenizer` (Qwen's split regex, byte-level, NFC), so the vocabulary
+is written in its byte-level alphabet: one token per character of `CHARS`, `Ċ` for "\n" (one token, as verl's
+Qwen prompt builder requires), and Qwen's `<|endoftext|>` (padding) and `<|im_end|>` (end of response). The chat
+template writes the messages' contents only, so a chat-formatted prompt is the bare prompt the model trained on.
 """
 
 from __future__ import annotations
@@ -13,12 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
 from transformers.utils import logging as hf_logging
 
 CHARS = "0123456789+="
-PAD, EOS = "<pad>", "<eos>"
+PAD, EOS = "<|endoftext|>", "<|im_end|>"
+NEWLINE = "\u010a"  # "Ċ": the byte-level form of "\n"
+CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
 
 
 @dataclass(frozen=True)
@@ -27,9 +36,9 @@ class ModelConfig:
     """Width of the residual stream."""
     num_layers: int = 2
     """Decoder layers."""
-    num_heads: int = 4
-    """Attention heads (query)."""
-    num_kv_heads: int = 4
+    num_heads: int = 2
+    """Attention heads (query): 2 x 32 at width 64 (head size 32, the smallest vLLM's CPU attention runs)."""
+    num_kv_heads: int = 2
     """Key/value heads (Qwen2 supports grouped-query attention; equal to num_heads is plain MHA)."""
     intermediate_size: int = 256
     """MLP width (4x hidden)."""
@@ -40,12 +49,12 @@ class ModelConfig:
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
-    """A character-level tokenizer: one token per character of `CHARS`, plus <pad> and <eos>."""
-    vocab = {PAD: 0, EOS: 1, **{c: i + 2 for i, c in enumerate(CHARS)}}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=PAD))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, eos_token=EOS, padding_side="left")
+    """A character-level Qwen2 tokenizer: <|endoftext|> (pad) 0, <|im_end|> (eos) 1, one token per character of
+    `CHARS`, then "\n"; a byte-level BPE without merges, so every character is its own token."""
+    vocab = {PAD: 0, EOS: 1, **{c: i + 2 for i, c in enumerate(CHARS)}, NEWLINE: len(CHARS) + 2}
+    tok = Qwen2Tokenizer(vocab=vocab, merges=[], unk_token=PAD, eos_token=EOS, pad_token=PAD, padding_side="left")
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
 
 
 def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast) -> Qwen2ForCausalLM:

@@ -77,8 +77,9 @@ def builder_for(model_dir: Path, chat_template: str | None = None):
 
 @needs_verl
 def test_verl_raises_on_exactly_the_tokenizers_the_launcher_refuses(verl_src, tmp_path):
-    """The embedded tokenizer, and variants with a newline token and '<|im_end|>': verl's own Qwen builder raises
-    (inside its rollout workers, GPU started) on the same ones our check refuses before anything starts."""
+    """The embedded tokenizer and variants with and without a newline token and '<|im_end|>': verl's own Qwen
+    builder raises (inside its rollout workers, GPU started) on exactly the ones our check refuses before anything
+    starts, and accepts the embedded one."""
     from rlvr_nb.models import ModelConfig, build_model, build_tokenizer
 
     embedded = tmp_path / "embedded"
@@ -104,7 +105,7 @@ def test_verl_raises_on_exactly_the_tokenizers_the_launcher_refuses(verl_src, tm
             assert str(e).startswith(f"verl {VERL_VERSION} would fail on the model at {d}")
         verdicts[name] = (verl_ok, ours_ok)
     assert all(v == o for v, o in verdicts.values()), verdicts
-    assert verdicts["embedded"] == (False, False) and verdicts["newline=True, im_end=True"] == (True, True)
+    assert verdicts["embedded"] == (True, True) and verdicts["newline=True, im_end=True"] == (True, True)
 
 
 @needs_verl

@@ -39,11 +39,15 @@ CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }}<|im_end|>\n{% endfor 
 
 
 def write_model(d: Path, newline: bool = True, im_end: bool = True, chat_template: str | None = CHAT_TEMPLATE) -> Path:
-    """A tiny Qwen2 (model_type qwen2) whose tokenizer is the embedded one plus, as asked, a newline and '<|im_end|>' as
-    tokens and a chat template: with all three it is a model verl 0.9.1's rollout accepts (the embedded default
-    as it is has none of them)."""
-    tok = build_tokenizer()
-    tok.add_tokens(["\n"] * newline + ["<|im_end|>"] * im_end)
+    """A tiny Qwen2 (model_type qwen2) whose tokenizer is the embedded one with, as asked, or without "\\n" as a
+    token, '<|im_end|>' as a token (else '<eos>' ends a response) and a chat template: with all three it is a model
+    verl 0.9.1's rollout accepts (the embedded default has all three)."""
+    from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
+    from rlvr_nb.models import CHARS, NEWLINE
+
+    eos = "<|im_end|>" if im_end else "<eos>"
+    vocab = {"<|endoftext|>": 0, eos: 1, **{c: i + 2 for i, c in enumerate(CHARS)}, **({NEWLINE: 14} if newline else {})}
+    tok = Qwen2Tokenizer(vocab=vocab, merges=[], eos_token=eos, padding_side="left")
     if chat_template is not None:
         tok.chat_template = chat_template
     build_model(ModelConfig(), tok).save_pretrained(d)
@@ -439,14 +443,22 @@ def test_resolve_defaults_follow_the_data():
 # Checked before anything is written: the model's tokenizer and the prompts
 
 
-def test_refuses_the_embedded_tokenizer_before_writing_anything(tmp_path, embedded_dir):
-    """verl 0.9.1's Qwen prompt builder cannot take the embedded tokenizer (tests/test_verl_checks.py shows verl's
-    own check raising): the launcher says so first, naming the model directory, and writes nothing."""
+def test_accepts_the_embedded_model_as_it_is(tmp_path, embedded_dir):
+    """The embedded model and tokenizer pass the checks of verl 0.9.1's Qwen prompt builder (tests/test_verl_checks.py
+    runs verl's own builder on it): a newline token, '<|im_end|>' and a chat template."""
+    run = prepare_run(tiny_cfg(embedded_dir, tmp_path / "run"), validate_against_verl=False)
+    assert run.files.command.is_file() and run.files.launch.is_file() and run.files.train.is_file()
+
+
+def test_refuses_a_tokenizer_verl_cannot_take_before_writing_anything(tmp_path):
+    """Without a newline token verl 0.9.1's Qwen prompt builder raises (tests/test_verl_checks.py shows verl's own
+    check raising): the launcher says so first, naming the model directory, and writes nothing."""
+    model = write_model(tmp_path / "model", newline=False)
     out = tmp_path / "run"
     with pytest.raises(ValueError) as err:
-        prepare_run(tiny_cfg(embedded_dir, out), validate_against_verl=False)
+        prepare_run(tiny_cfg(model, out), validate_against_verl=False)
     msg = str(err.value)
-    assert msg.startswith(f"verl {VERL_VERSION} would fail on the model at {embedded_dir} before its first step")
+    assert msg.startswith(f"verl {VERL_VERSION} would fail on the model at {model} before its first step")
     assert "for config.json model_type 'qwen2' verl's rollout uses its Qwen prompt builder, which needs" in msg
     assert not out.exists()
 

@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from rlvr_nb.models import CHAT_TEMPLATE as CONTENT_ONLY_TEMPLATE  # the embedded tokenizer's own template
+
 VERL_VERSION = "0.9.1"  # the verl release whose packaged config the overrides are validated against
 ADV_ESTIMATORS = ("grpo", "dr_grpo", "reinforce_pp", "gspo")
 VERL_LOSS_AGGS = ("token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 EMBEDDED = "embedded"
-CONTENT_ONLY_TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
 MATH_SUFFIX = " Let's think step by step and output the final answer within \\boxed{}."
 GENERATED_CONFIG = "trainer/config/_generated_ppo_trainer.yaml"
 
@@ -52,7 +53,7 @@ class VerlRunConfig:
     prompt_suffix: str | None = None
     """Appended to each question; None: nothing for the embedded task, the \\boxed{} instruction for files."""
     chat_template: str | None = None
-    """Jinja chat template; None: content-only for the embedded task (its tokenizer has none), the model's own else
+    """Jinja chat template; None: content-only for the embedded task (its tokenizer's own), the model's own else
     (a model without one is refused before verl starts: verl renders every prompt with apply_chat_template)."""
     grader: str = "auto"
     """'exact', 'math' (math-verify on the last \\boxed{}) or 'auto' (exact for embedded, math for files)."""

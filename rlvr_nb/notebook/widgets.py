@@ -18,6 +18,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from rlvr_nb.extrapolate import ResponseLogits, target_step_for
+from rlvr_nb.models import EOS
 
 FRONT_END_NOTE = (
     "This explorer's sliders need the Jupyter widget front end, which this JupyterLab (or viewer) lacks: a figure "
@@ -133,7 +134,7 @@ def plot_logprob_shift(ax, cache: ResponseLogits, t_second: int, alpha: float) -
         ax.bar(xs, s.numpy(), color=f"C{i % 10}", alpha=0.8)
         ax.plot(xs, s1.numpy(), "o", mfc="none", mec="k", ms=4)
         ticks += xs.tolist()
-        labels += [t.replace("<eos>", "eos") for t in text]
+        labels += [t.replace(EOS, "eos") for t in text]
         ax.annotate(f"{cache.prompts[i]}{cache.responses[i]}", ((xs[0] + xs[-1]) / 2, 1.0), xycoords=("data", "axes fraction"),
                     xytext=(0, -10), textcoords="offset points", ha="center", fontsize=8, color=f"C{i % 10}")
         x0 += len(s) + 1
