@@ -27,9 +27,11 @@ class EmbeddedConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
     """The verifiable task (difficulty knob: digits)."""
     warm_start: SFTConfig = field(default_factory=lambda: SFTConfig(
-        steps=3000, batch_size=64, lr=1e-3, ckpt_every=50, stop_at_accuracy=0.1))
+        steps=3000, batch_size=64, lr=5e-4, ckpt_every=10, stop_at_accuracy=0.1))
     """SFT from random init, stopped as soon as held-out sampled accuracy reaches 10%: the RL start has a
-    low but non-zero reward (the tiny model learns addition abruptly, after a plateau of ~900 steps)."""
+    low but non-zero reward. The tiny model learns addition abruptly, after a plateau of ~950 steps, and within
+    50 steps goes from 0 to 30% sampled accuracy, hence a checkpoint every 10 steps. At lr 1e-3 the 2 x 32-head
+    model never leaves the plateau's end (1-2% after 3000 steps, two init seeds); at 5e-4 it stops at step 1010."""
     cool_down: SFTConfig | None = field(default_factory=lambda: SFTConfig(steps=100, batch_size=64, lr=1e-5, ckpt_every=100))
     """A short low-lr SFT after the warm start. The warm start stops mid-descent at lr 1e-3, off the valley
     floor, and any small step then settles it (greedy accuracy 0.55 -> 0.8 in a few steps, whatever the

@@ -41,7 +41,8 @@ EMBEDDED: dict[str, EmbeddedConfig] = {
     "gpu": EmbeddedConfig(),
 }
 
-# The embedded RL trajectory per profile (01 trains it; 02-03 read it, 04-06 at `cpu` use CHEAP_RL below). GRPO,
+# The embedded RL trajectory per profile: 01 trains it, 02, 03, 05 and 06 read it (06's standard-RL seeds are its
+# seeds; seeds 1 and 2 are also 02/03's seed study); 04's sweeps at `cpu` vary CHEAP_RL below. GRPO,
 # AdamW, clip 0.2/0.28, token-mean loss, no KL: the paper's recipe at tiny scale. The `cpu` size (128 prompts x 16
 # rollouts, lr 5e-5, 1200 steps) is the last row of 02's tuning sweep: token log-prob R^2 needs a long run, weight
 # R^2 slowly falls with run length, and only the largest batch tried leaves a window where both pass.
@@ -52,10 +53,9 @@ RL_RUNS: dict[str, RLConfig] = {
                     loss_agg="seq-mean-token-mean", eval_problems=500),
 }
 
-# 04-06 train or evaluate many models (noisy-SFT and robustness sweeps, extrapolated models, ~20 re-grounding
-# runs), so at `cpu` they run on the first, cheaper default: 32 prompts x 16 rollouts, lr 3e-5, 1000 steps, a
-# checkpoint every 50 (a quarter of RL_RUNS["cpu"]'s rollouts). It shows their findings; its token log-prob
-# R^2 is too low for 03's finding (see 02's sweep), which is why RL_RUNS["cpu"] is larger.
+# 04's sweeps (robustness grid) train many variants, so at `cpu` they vary the first, cheaper default: 32 prompts
+# x 16 rollouts, lr 3e-5, 1000 steps, a checkpoint every 50 (a quarter of RL_RUNS["cpu"]'s rollouts); 04 reports
+# this recipe's own (a)/(b) numbers beside its results. 02's sweep starts from it too.
 CHEAP_RL: dict = {"steps": 1000, "prompts_per_step": 32, "lr": 3e-5, "ckpt_every": 50}
 
 # 02's tuning sweep at `cpu`: settings changed together from CHEAP_RL; the last one is RL_RUNS["cpu"].
@@ -128,15 +128,15 @@ PARAMS: dict[str, dict[str, dict]] = {
                 "robustness_cache": "notebooks/data/04_robustness_cpu.json", "seed": 0},
     },
     # 05_extrapolation: steps are checkpoints of the profile's RL run
-    # (smoke: 40 steps, every 10; cpu: 1000 steps, every 50). sampling: [(temperature, top_p)], the first
+    # (smoke: 40 steps, every 10; cpu: 1200 steps, every 50; logits targets at alpha 1.5: 850 and 1150, inside the run). sampling: [(temperature, top_p)], the first
     # is Figure 5's; Table 1 uses the paper's base/second/target ratio 200/1400/2000 (alpha 1.5).
     "05_extrapolation": {
         "smoke": {"rl_recipe": {}, "k": 4, "n_problems": 64, "sampling": [(0.6, 0.95), (1.0, 1.0)], "t_seconds": [10, 20, 30],
                   "alphas": [1.0, 1.5, 2.0, 3.0], "t_base_late": 10, "t_seconds_late": [20, 30],
                   "logits_pairs": [(10, 30)], "logits_alpha": 1.5, "slider_alpha": 1.5, "n_examples": 2},
-        "cpu": {"rl_recipe": CHEAP_RL, "k": 8, "n_problems": 512, "sampling": [(0.6, 0.95), (1.0, 1.0)], "t_seconds": [200, 400, 600],
+        "cpu": {"rl_recipe": {}, "k": 8, "n_problems": 512, "sampling": [(0.6, 0.95), (1.0, 1.0)], "t_seconds": [200, 400, 600],
                 "alphas": [1.0, 1.25, 1.5, 2.0, 2.5, 3.0], "t_base_late": 200, "t_seconds_late": [400, 600, 800],
-                "logits_pairs": [(100, 600), (150, 1000)], "logits_alpha": 1.5, "slider_alpha": 1.5, "n_examples": 3},
+                "logits_pairs": [(100, 600), (100, 800)], "logits_alpha": 1.5, "slider_alpha": 1.5, "n_examples": 3},
         "gpu": {"rl_recipe": {}, "k": 16, "n_problems": 500, "sampling": [(0.6, 0.95), (1.0, 1.0)], "t_seconds": [300, 600, 1400],
                 "alphas": [1.0, 1.25, 1.5, 1.75, 2.0], "t_base_late": 200, "t_seconds_late": [600, 1000, 1400],
                 "logits_pairs": [(200, 1400)], "logits_alpha": 1.5, "slider_alpha": 1.5, "n_examples": 3,
@@ -149,7 +149,7 @@ PARAMS: dict[str, dict[str, dict]] = {
         "smoke": {"rl_recipe": {}, "seeds": [0], "std_steps": 40, "budget": 20, "settings": [(10, 10)], "optimizer": "keep",
                   "reset_setting": (10, 10), "reset_seeds": [0], "r2_m": 10, "r2_checkpoints": 6, "r2_grow_at": 2.0,
                   "r2_shrink_below": 1.0, "target": 0.3, "eval_every": 10, "eval_k": 1, "block_eval_problems": 16},
-        "cpu": {"rl_recipe": CHEAP_RL, "seeds": [0, 1, 2], "std_steps": 500, "budget": 200, "settings": [(50, 50), (50, 100), (10, 50), (100, 100)],
+        "cpu": {"rl_recipe": {}, "seeds": [0, 1, 2], "std_steps": 1200, "budget": 200, "settings": [(50, 50), (50, 100), (10, 50), (100, 100)],
                 "optimizer": "keep", "reset_setting": (50, 50), "reset_seeds": [0], "r2_m": 50, "r2_checkpoints": 6,
                 "r2_grow_at": 2.0, "r2_shrink_below": 1.0, "target": 0.26, "eval_every": 50, "eval_k": 4,
                 "block_eval_problems": 64},

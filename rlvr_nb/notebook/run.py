@@ -38,6 +38,7 @@ from typing import Any, Iterator
 from rlvr_nb.embedded import repo_root
 from rlvr_nb.grpo import RLConfig
 from rlvr_nb.notebook.profiles import NOTEBOOKS, PARAMS, PROFILES, RL_RUNS
+from rlvr_nb.notebook.report import git_commit
 
 PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "matplotlib", "papermill", "jupytext",
             "nbclient", "ipykernel", "math-verify", "rlvr-nb")
@@ -210,16 +211,6 @@ def plan(profile: str, only: list[str] | None, params: list[tuple[str, str]]) ->
 
 # ----------------------------------------------------------------------------------------------------
 # Staging and committing
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_root(), capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo_root(),
-                               capture_output=True, text=True).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def versions() -> dict:
