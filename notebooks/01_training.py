@@ -19,10 +19,11 @@
 # > high 0.28, no KL loss, no entropy bonus, grad clip 1.0." — the paper's setting (PAPER.md)
 #
 # Everything later notebooks analyse starts here. At the `smoke` and `cpu` profiles we build the
-# **embedded default** ourselves, nothing downloaded: a tiny `Qwen2ForCausalLM` (2 layers, width 64), a
-# character tokenizer made with `tokenizers`, and a verifiable task, 3-digit addition with the answer
-# written least significant digit first (`123+989=` → `2111`). A short SFT warm start gives the RL start a
-# low but non-zero reward; then GRPO with the paper's recipe (clip 0.2/0.28, token-mean loss, no KL, no
+# **embedded default** ourselves, nothing downloaded: a tiny `Qwen2ForCausalLM` (2 layers, width 64, 2 heads
+# of size 32), a character-level `Qwen2Tokenizer` (digits, `+`, `=`, newline, Qwen's `<|endoftext|>` and
+# `<|im_end|>`: the directory loads as it is in transformers, vLLM and verl), and a verifiable task, 3-digit
+# addition with the answer written least significant digit first (`123+989=` → `2111`). A short SFT warm start
+# and a low-lr cool-down give the RL start a low sampled reward; then GRPO with the paper's recipe (clip 0.2/0.28, token-mean loss, no KL, no
 # entropy bonus, AdamW, grad clip 1.0) trains it, writing a HuggingFace checkpoint every `ckpt_every` steps.
 #
 # With the same budget and checkpoint spacing we also train the **SFT trajectory** (supervised on correct
@@ -34,9 +35,9 @@
 
 # %% tags=["parameters"]
 profile = "cpu"  # smoke | cpu | gpu
-steps = None  # RL steps (None: the profile's value; cpu 1000)
-lr = None  # learning rate of RL and of the matched SFT run (cpu 1e-4)
-prompts_per_step = None  # prompts per RL step (cpu 32)
+steps = None  # RL steps (None: the profile's value; cpu 1200)
+lr = None  # learning rate of RL and of the matched SFT run (cpu 5e-05)
+prompts_per_step = None  # prompts per RL step (cpu 128)
 group_size = None  # rollouts per prompt (cpu 16)
 adv_estimator = None  # grpo | dr_grpo | reinforce_pp | gspo
 ckpt_every = None  # steps between checkpoints (cpu 50)
@@ -48,6 +49,7 @@ n_gpus = None  # gpu profile: GPUs for verl
 # %%
 from rlvr_nb.notebook import profiles
 from rlvr_nb.experiments.training import accuracy_table, plot_training
+from rlvr_nb.checkpoint_files import read_json
 from rlvr_nb.embedded import ensure_rl_run, ensure_sft_run, ensure_warm_start
 from rlvr_nb.figures import save_figure
 from rlvr_nb.models import load_model, n_params
@@ -72,13 +74,21 @@ markdown_table([{"prompt": p.prompt, "answer (reversed)": p.answer, "a + b": sum
                 for p in task.eval_problems[:4]])
 
 # %% [markdown]
-# ## SFT warm start
-# Plain SFT from random initialisation, stopped as soon as held-out accuracy at temperature 1 reaches
-# 10%: a low but non-zero reward for RL to amplify. Cached in `runs/`; trained once.
+# ## SFT warm start and cool-down
+# Plain SFT from random initialisation, stopped at the first checkpoint whose held-out accuracy at
+# temperature 1 reaches the target below, then a short SFT at a low learning rate (the cool-down): the warm
+# start stops mid-descent, and without the cool-down every trajectory would begin with the same
+# method-independent jump as it settles. The RL start is the cool-down's last checkpoint; its accuracy, printed
+# below, is where RL begins (greedy accuracy is much higher than sampled: RL here mostly sharpens a policy that
+# already knows the answer, unlike the paper's long-reasoning runs). Cached in `runs/`; trained once.
 
 # %%
 init_dir = ensure_warm_start(emb)
+start = read_json(init_dir / "trainer_state.json")["metrics"]
 print(f"warm start: {init_dir}  ({n_params(load_model(init_dir)):,} parameters)")
+print(f"warm start stops at sampled accuracy >= {emb.warm_start.stop_at_accuracy:g}; after the "
+      f"{emb.cool_down.steps}-step cool-down at lr {emb.cool_down.lr:g} the RL start has held-out accuracy "
+      f"{start['heldout_sampled']:.3f} sampled (T = 1), {start['heldout_greedy']:.3f} greedy")
 
 # %% [markdown]
 # ## The RL run (GRPO) and the matched SFT run

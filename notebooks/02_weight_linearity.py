@@ -34,7 +34,7 @@ sft_run_dir = None  # SFT run shown beside it (None: the embedded SFT trajectory
 base_dir = None  # base model directory counted as step 0, for runs that do not save one (TRL, verl)
 sample_fraction = None  # None: every weight; 0.001: the paper's sampled mode
 compare = None  # measure the four RL-vs-SFT comparisons on the embedded model (cpu True)
-customary_sft_lr = None  # SFT learning rate of the "customary" comparisons (cpu 0.001, the warm start's)
+customary_sft_lr = None  # SFT learning rate of the "customary" comparisons (cpu 0.001)
 seq_steps = None  # steps of the "same sequences per step" comparison (cpu 500)
 run_sweep = None  # train/read the sweep's runs and rewrite its table (cpu False: read the committed table)
 sweep_file = None  # the sweep table, relative to the repository (cpu "notebooks/data/02_sweep_cpu.json")
@@ -45,6 +45,9 @@ sweep_base_steps = None  # steps of the sweep's base run: that config with this 
 sweep_steps = None  # numbers of RL steps of the sweep; fewer than the base are read from its run (cpu [250, 500, 1000])
 sweep_combined = None  # settings changed together, each a dict of RLConfig fields (cpu: see profiles.PARAMS)
 responses_per_prompt = None  # probe responses per held-out prompt for the sweep's token R^2 (cpu 8)
+seeds = None  # seeds of the default RL run for findings (a) and (b) (cpu [0, 1, 2])
+recompute_seeds = None  # train/read every seed's run and rewrite the seed table (cpu False: read the committed table)
+seeds_file = None  # the seed table, relative to the repository (cpu "notebooks/data/seeds_cpu.json")
 
 # %%
 from pathlib import Path
@@ -53,10 +56,12 @@ from IPython.display import display
 
 from rlvr_nb import paper
 from rlvr_nb.experiments import comparisons as cmp
+from rlvr_nb.experiments import seeds as seed_study
+from rlvr_nb.findings import Finding, record_findings
 from rlvr_nb.notebook import profiles
 from rlvr_nb.embedded import ensure_rl_run, ensure_sft_run, repo_root
 from rlvr_nb.figures import (output_path, plot_comparison_medians, plot_examples_by_run, plot_module_layer_heatmap,
-                             plot_r2_histograms, plot_sweep, save_figure)
+                             plot_r2_histograms, plot_seed_spread, plot_sweep, save_figure)
 from rlvr_nb.linearity import LinearityConfig, weight_linearity
 from rlvr_nb.logprobs import ProbeConfig, ensure_probes
 from rlvr_nb.notebook.report import markdown_table
@@ -67,7 +72,8 @@ P = profiles.resolve("02_weight_linearity", profile, run_dir=run_dir, sft_run_di
                      sample_fraction=sample_fraction, compare=compare, customary_sft_lr=customary_sft_lr,
                      seq_steps=seq_steps, run_sweep=run_sweep, sweep_file=sweep_file, sweep_lrs=sweep_lrs,
                      sweep_prompts=sweep_prompts, sweep_base=sweep_base, sweep_base_steps=sweep_base_steps, sweep_steps=sweep_steps,
-                     sweep_combined=sweep_combined, responses_per_prompt=responses_per_prompt)
+                     sweep_combined=sweep_combined, responses_per_prompt=responses_per_prompt, seeds=seeds,
+                     recompute_seeds=recompute_seeds, seeds_file=seeds_file)
 emb = profiles.embedded_config(profile)
 rl = profiles.rl_config(profile)
 if profile == "gpu" and not P.run_dir:
@@ -121,26 +127,61 @@ save_figure(fig, "02_weight_examples")
 
 # %% [markdown]
 # ## What we measured
-# Finding (a): the RL run's weight R² has a median of at least 0.85 with over 70% of weights above 0.7
-# (the paper: concentrated near 0.9, over 70% above 0.7). The drift column is the fraction of the
-# trajectory's variance along its first principal direction (the paper's "stable low-dimensional drift").
+# Finding (a): the RL run's weight R² median reaches the goal printed below with more than the paper's
+# fraction of weights above 0.7 (the paper: concentrated near 0.9, over 70% above 0.7). The drift column is the
+# fraction of the trajectory's variance along its first principal direction (the paper's "stable
+# low-dimensional drift").
 
 # %%
 rows = [{"run": label, "checkpoints": len(res.steps), "median": res.overall.median, "mean": res.overall.mean,
          ">0.7": res.overall.frac_above, "weights kept": res.overall.count,
          "drift": res.drift.first if res.drift else float("nan"), "held-out acc (T=1)": cmp.describe_accuracy(runs[label])}
         for label, res in wl.items()]
-rows += [{"run": "paper RL", "checkpoints": paper.N_CHECKPOINTS, "median": paper.RL_WEIGHT_R2, "mean": "",
-          ">0.7": f"> {paper.WEIGHT_FRAC_ABOVE:.2f}", "weights kept": f"{paper.SAMPLE_FRACTION:.1%} sample", "drift": "",
-          "held-out acc (T=1)": ""},
-         {"run": "paper SFT", "checkpoints": "", "median": paper.SFT_WEIGHT_R2, "mean": "", ">0.7": "",
-          "weights kept": "", "drift": "", "held-out acc (T=1)": ""}]
+rows += [{"run": "paper RL", "checkpoints": paper.N_CHECKPOINTS, "median": paper.RL_WEIGHT_R2,
+          ">0.7": f"> {paper.WEIGHT_FRAC_ABOVE:.2f}", "weights kept": f"{paper.SAMPLE_FRACTION:.1%} sample"},
+         {"run": "paper SFT", "median": paper.SFT_WEIGHT_R2}]
 display(markdown_table(rows))
 o = wl["RL"].overall
 holds = paper.weight_finding_holds(o.median, o.frac_above)
 print(f"finding (a) {'holds' if holds else 'does not hold'} on this run: RL weight R^2 median {o.median:.3f} "
       f"(needs >= {paper.FINDING_A['median']}), {o.frac_above:.1%} of {o.count:,} weights above {paper.R2_THRESHOLD} "
       f"(needs > {paper.FINDING_A['frac_above']:.0%})")
+
+# %% [markdown]
+# ## Finding (a) over seeds
+# One run is one draw. The same recipe from the same warm start with other seeds (other problems, other
+# rollouts) gives other trajectories; the verdict is "holds in k of n seeds", the value the seed mean with its
+# range. Seed 0 is the run above. Training every seed takes longer than `make run` allows, so at `cpu` the
+# committed table is read (its provenance below: the command, commit, date and wall time that made it); set
+# `recompute_seeds=True` to train the missing seeds and rewrite it. `03` reads the same table for finding (b).
+
+# %%
+seed_findings = []
+if P.seeds:
+    seeds_path = repo_root() / P.seeds_file if P.seeds_file else output_path(f"seeds_{profile}.json", profile,
+                                                                             reading=not P.recompute_seeds)
+    seed_tab = seed_study.seed_table(seeds_path, P.recompute_seeds, rl, emb, P.seeds, P.responses_per_prompt,
+                                     command=f"python -m rlvr_nb.notebook.run --profile {profile} --only 02 -p recompute_seeds True")
+    print(f"seed table {seeds_path}: {seed_tab['provenance']}")
+    display(markdown_table(seed_study.summary_rows(seed_tab["rows"])))
+    seed_findings = seed_study.seed_findings(seed_tab["rows"], "weight", "02_weight_linearity")
+    live = next((r for r in seed_tab["rows"] if r["seed"] == rl.seed), None)
+    if live is not None and P.run_dir is None and P.sample_fraction is None:
+        print(f"seed {rl.seed} in the table: median {live['weight median']:.4f}, >0.7 {live['weight >0.7']:.4f}; "
+              f"this notebook's run above: {o.median:.4f}, {o.frac_above:.4f}")
+    fig = plot_seed_spread(seed_tab["rows"], ("weight median", "weight >0.7"),
+                           {"weight median": paper.FINDING_A["median"], "weight >0.7": paper.FINDING_A["frac_above"]},
+                           title="finding (a) per seed")
+    save_figure(fig, "02_seeds")
+    for f in seed_findings:
+        print(f"finding ({f.key}): {f.name} {f.value:.3f} [{f.interval[0]:.3f}, {f.interval[1]:.3f}] over seeds "
+              f"{P.seeds}: {f.verdict} (goal {f.threshold}; paper {f.paper})")
+else:
+    print("no seeds at this profile: finding (a) is judged on the run above only")
+    seed_findings = [Finding("a", "RL weight R^2 median", o.median, None, paper.RL_WEIGHT_R2,
+                             f">= {paper.FINDING_A['median']} with > {paper.FINDING_A['frac_above']:.0%} above "
+                             f"{paper.R2_THRESHOLD}", "holds" if holds else "fails", "02_weight_linearity",
+                             note=f"one run: {runs['RL']}")]
 
 # %% [markdown]
 # ## RL against SFT, under four stated comparisons
@@ -157,10 +198,10 @@ print(f"finding (a) {'holds' if holds else 'does not hold'} on this run: RL weig
 #   accuracy gain first equals RL's (the same trajectory re-read with as many checkpoints as RL's);
 # - **customary lr each**: RL at its learning rate, SFT at its customary one, same steps.
 #
-# The customary SFT learning rate is the one this package's own SFT warm start uses (1e-3, the usual AdamW
-# rate for a model of this size), 10-30× the RL rate; at LLM scale the same gap is usual: SFT at ~1e-5,
+# The customary SFT learning rate (`customary_sft_lr`, in each row's run description) is the usual AdamW
+# rate for a model of this size, 10-30× the RL rate; at LLM scale the same gap is usual: SFT at ~1e-5,
 # RLVR at ~1e-6 (the paper's). A comparison *reproduces the paper's gap* when RL's median exceeds SFT's by
-# at least half the paper's gap (0.21 for weights).
+# at least half the paper's gap (`paper.MEDIAN_R2`; printed below the table).
 
 # %%
 if P.compare:
@@ -204,13 +245,17 @@ if P.run_sweep:
     probes, probe_path = ensure_probes(load_trajectory(base_run, progress=False), base_run, prompts, ProbeConfig(
         responses_per_prompt=P.responses_per_prompt, max_new_tokens=sweep_base.max_new_tokens))
     sweep_rows = cmp.sweep_rows(specs, cmp.Measurer(sweep_emb, probes))
-    cmp.save_sweep(sweep_path, sweep_rows, specs, note=f"{len(probes)} probes ({probe_path.name}); profile {profile}")
+    cmp.save_sweep(sweep_path, sweep_rows, specs, note=f"{len(probes)} probes ({probe_path.name}); profile {profile}",
+                   emb=sweep_emb)
     print(f"computed, written to {sweep_path}")
 elif sweep_path.is_file():
     sweep = cmp.load_sweep(sweep_path)
     sweep_rows = sweep["rows"]
-    print(f"read from {sweep_path} ({sweep['note']})" + ("" if sweep["specs"] == cmp.sweep_record(specs) else
-          "\nnote: the table was computed from other configs than this profile's sweep; rerun with run_sweep=True"))
+    differs = cmp.sweep_differences(sweep, specs, profiles.embedded_config(tuned))
+    print(f"read from {sweep_path} ({sweep['note']}; made: {sweep.get('provenance', 'not recorded')})")
+    if differs:
+        print("note: the table was computed with " + "; ".join(differs) + ": its numbers describe those runs, not "
+              "this profile's default; rerun with run_sweep=True to recompute it (hours at cpu)")
 else:
     sweep_rows = []
     print(f"no sweep table at {sweep_path}: rerun with run_sweep=True to compute it")
@@ -235,3 +280,12 @@ if sweep_rows:
             print(line)
     both = cmp.rows_meeting_findings(sweep_rows)
     print(f"\nsettings where findings (a) and (b) both hold: {'; '.join(both) or 'none'}")
+
+# %% [markdown]
+# ## Findings recorded
+# What this notebook adds to the findings table of `00_overview` and the README, computed above.
+
+# %%
+findings = seed_findings + (seed_study.comparison_findings(comp_rows, "weight", "02_weight_linearity") if P.compare else [])
+print(f"written to {record_findings('02_weight_linearity', findings, profile)}")
+markdown_table([{"finding": f.key, "ours": f.value, "paper": f.paper, "verdict": f.verdict} for f in findings])

@@ -184,6 +184,29 @@ def plot_comparison_medians(rows: Sequence[dict], what: str, title: str) -> plt.
     return fig
 
 
+def plot_seed_spread(rows: Sequence[dict], keys: Sequence[str], goals: dict[str, float], title: str = "") -> plt.Figure:
+    """One panel per statistic: its value per seed (labelled dots), the seed mean (a bar) and the goal (dotted)."""
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.0), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        v = np.array([r[key] for r in rows], dtype=float)
+        ax.bar([0], [v.mean()], width=0.5, color="C0", alpha=0.3, label=f"mean of {len(v)} seeds")
+        ax.plot(np.zeros(len(v)), v, "o", color="C0")
+        for r, y in zip(rows, v):
+            ax.annotate(f"seed {r['seed']}", (0, y), xytext=(8, 0), textcoords="offset points", va="center", fontsize=7)
+        if key in goals:
+            ax.axhline(goals[key], color="k", ls=":", lw=0.8, label=f"goal {goals[key]:g}")
+        lo = min(v.min(), goals.get(key, v.min()))
+        hi = max(v.max(), goals.get(key, v.max()))
+        pad = max(0.02, 0.5 * (hi - lo))
+        ax.set(xlim=(-0.6, 0.9), ylim=(lo - pad, min(1.0, hi + pad)), xticks=[], title=key)
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=7, loc="lower right")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def plot_sweep(rows: Sequence[dict], target: float = paper.FINDING_A["median"]) -> plt.Figure:
     """The tuning sweep: weight and token log-prob median R^2 and held-out accuracy gain per setting, one
     panel per factor (each with the baseline), the findings' target median as a dotted line (`paper.FINDING_A`,

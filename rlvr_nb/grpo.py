@@ -12,6 +12,7 @@ import copy
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -23,7 +24,8 @@ from rlvr_nb.checkpoints import (append_metrics, load_optimizer_tensors, load_we
                                  training_state_file)
 from rlvr_nb.models import load_model, load_tokenizer
 from rlvr_nb.sampling import decode_responses, encode_prompts, generate
-from rlvr_nb.tasks import AdditionTask, Problem, TaskConfig
+from rlvr_nb.tasks import AdditionTask, Problem, TaskConfig, exact_match_reward
+from rlvr_nb.threads import training_threads
 
 ADV_ESTIMATORS = ("grpo", "dr_grpo", "reinforce_pp", "gspo")
 LOSS_AGGS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
@@ -170,15 +172,17 @@ def validate(cfg: RLConfig) -> None:
 
 @torch.no_grad()
 def heldout_accuracy(model, tokenizer, problems: list[Problem], temperature: float, generator: torch.Generator | None,
-                     max_new_tokens: int, batch_size: int = 512) -> float:
-    """Fraction of held-out problems answered exactly, one completion each (temperature 0 = greedy)."""
+                     max_new_tokens: int, batch_size: int = 512,
+                     reward: Callable[[str, str], float] = exact_match_reward) -> float:
+    """Fraction of held-out problems answered correctly by `reward` (the task's: `AdditionTask.reward`), one
+    completion each (temperature 0 = greedy)."""
     correct = 0
     for i in range(0, len(problems), batch_size):
         chunk = problems[i : i + batch_size]
         ids, am = encode_prompts(tokenizer, [p.prompt for p in chunk])
         toks, mask = generate(model, ids, am, max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_token_id,
                               pad_id=tokenizer.pad_token_id, temperature=temperature, generator=generator)
-        correct += sum(AdditionTask.reward(r, p.answer) for r, p in zip(decode_responses(tokenizer, toks, mask), chunk))
+        correct += sum(reward(r, p.answer) for r, p in zip(decode_responses(tokenizer, toks, mask), chunk))
     return correct / max(1, len(problems))
 
 
@@ -187,9 +191,58 @@ def checkpoint_eval(model, tokenizer, task: AdditionTask, n: int, max_new_tokens
     problems = task.eval_problems[:n]
     g = torch.Generator().manual_seed(seed + 12345)
     return {
-        "heldout_greedy": heldout_accuracy(model, tokenizer, problems, 0.0, None, max_new_tokens),
-        "heldout_sampled": heldout_accuracy(model, tokenizer, problems, 1.0, g, max_new_tokens),
+        "heldout_greedy": heldout_accuracy(model, tokenizer, problems, 0.0, None, max_new_tokens, reward=task.reward),
+        "heldout_sampled": heldout_accuracy(model, tokenizer, problems, 1.0, g, max_new_tokens, reward=task.reward),
     }
+
+
+@training_threads
+@dataclass
+class Rollouts:
+    """One step's on-policy batch: G completions for each of P prompts, their rewards and advantages."""
+
+    full: torch.Tensor
+    """Prompt + response ids [P*G, L+N]."""
+    full_mask: torch.Tensor | None
+    """Attention mask of `full` (None when no prompt is padded)."""
+    prompt_len: int
+    """L, the (left-padded) prompt length."""
+    mask: torch.Tensor
+    """Response tokens up to and including EOS, as floats [P*G, N]."""
+    rewards: torch.Tensor
+    """Verifiable reward of each completion [P*G]."""
+    adv: torch.Tensor
+    """Advantages [P*G, 1] (`group_advantages`)."""
+
+
+def sample_rollouts(model, tokenizer, task: AdditionTask, cfg: RLConfig, gen: torch.Generator) -> Rollouts:
+    """Draw prompts_per_step problems and group_size completions each (KV-cached, at the rollout temperature),
+    score them with the task's verifiable reward and turn the rewards into advantages."""
+    P, G, N = cfg.prompts_per_step, cfg.group_size, cfg.max_new_tokens
+    problems = task.sample_train(P, gen)
+    prompt_ids, prompt_mask = (x.repeat_interleave(G, 0) for x in encode_prompts(tokenizer, [p.prompt for p in problems]))  # [P*G, L]
+    model.eval()
+    tokens, mask = generate(model, prompt_ids, prompt_mask, max_new_tokens=N, eos_id=tokenizer.eos_token_id,
+                            pad_id=tokenizer.pad_token_id, temperature=cfg.temperature, generator=gen)
+    responses = decode_responses(tokenizer, tokens, mask)
+    rewards = torch.tensor([task.reward(r, p.answer) for r, p in zip(responses, (q for q in problems for _ in range(G)))])
+    adv = group_advantages(rewards.view(P, G), cfg.adv_estimator).reshape(-1, 1)  # [P*G, 1]
+    full = torch.cat([prompt_ids, tokens], 1)  # [P*G, L+N]
+    full_mask = None if bool(prompt_mask.all()) else torch.cat([prompt_mask, torch.ones_like(tokens)], 1)
+    return Rollouts(full, full_mask, prompt_ids.shape[1], mask.float(), rewards, adv)
+
+
+def policy_loss(cfg: RLConfig, logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor,
+                entropy: torch.Tensor, ref_logp: torch.Tensor | None = None) -> torch.Tensor:
+    """The scalar RL loss of one update: the clipped surrogate per token, plus the KL penalty (when ref_logp is
+    given) and minus the entropy bonus (when entropy_coef), aggregated by cfg.loss_agg."""
+    ratio = importance_ratio(logp, old_logp, mask, sequence_level=cfg.adv_estimator == "gspo")
+    loss_tok = clipped_surrogate(ratio, adv, cfg.clip_low, cfg.clip_high)
+    if ref_logp is not None:
+        loss_tok = loss_tok + cfg.kl_coef * k3_kl(logp, ref_logp)
+    if cfg.entropy_coef:
+        loss_tok = loss_tok - cfg.entropy_coef * entropy
+    return aggregate_loss(loss_tok, mask, cfg.loss_agg, cfg.max_new_tokens)
 
 
 def train_rl(cfg: RLConfig, init_dir: str | Path, run_dir: str | Path, task_cfg: TaskConfig = TaskConfig(),
@@ -232,42 +285,24 @@ def train_rl(cfg: RLConfig, init_dir: str | Path, run_dir: str | Path, task_cfg:
             save_checkpoint(run_dir, 0, model, tokenizer, state, opt, gen)
             append_metrics(run_dir, {"step": 0, **state["metrics"]})
 
-        P, G, N = cfg.prompts_per_step, cfg.group_size, cfg.max_new_tokens
+        N = cfg.max_new_tokens
         last = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
         bar = tqdm(range(start, last), initial=start, total=cfg.steps, desc="RL steps", disable=not progress)
         for step in bar:
             t0 = time.perf_counter()
-            # 1. Rollouts: G completions per prompt, KV-cached, at the rollout temperature.
-            problems = task.sample_train(P, gen)
-            prompt_ids, prompt_mask = (x.repeat_interleave(G, 0) for x in encode_prompts(tokenizer, [p.prompt for p in problems]))  # [P*G, L]
-            model.eval()
-            tokens, mask = generate(model, prompt_ids, prompt_mask, max_new_tokens=N, eos_id=tokenizer.eos_token_id,
-                                    pad_id=tokenizer.pad_token_id, temperature=cfg.temperature, generator=gen)
-            # 2. Verifiable reward and advantages.
-            responses = decode_responses(tokenizer, tokens, mask)
-            rewards = torch.tensor([task.reward(r, p.answer) for r, p in zip(responses, (q for q in problems for _ in range(G)))])
-            adv = group_advantages(rewards.view(P, G), cfg.adv_estimator).reshape(-1, 1)  # [P*G, 1]
+            batch = sample_rollouts(model, tokenizer, task, cfg, gen)  # 1. rollouts, 2. rewards and advantages
             # 3. Policy-gradient update(s) on the clipped surrogate.
             model.train()
-            full = torch.cat([prompt_ids, tokens], 1)  # [P*G, L+N]
-            full_mask = None if bool(prompt_mask.all()) else torch.cat([prompt_mask, torch.ones_like(tokens)], 1)
-            L = prompt_ids.shape[1]
-            mask_f = mask.float()
+            rewards, mask_f = batch.rewards, batch.mask
             old_logp = ref_logp = None
             for _ in range(cfg.updates_per_batch):
-                logp, entropy = token_logprobs(model, full, L, full_mask)
+                logp, entropy = token_logprobs(model, batch.full, batch.prompt_len, batch.full_mask)
                 if old_logp is None:
                     old_logp = logp.detach()
                     if ref_model is not None:
                         with torch.no_grad():
-                            ref_logp, _ = token_logprobs(ref_model, full, L, full_mask)
-                ratio = importance_ratio(logp, old_logp, mask_f, sequence_level=cfg.adv_estimator == "gspo")
-                loss_tok = clipped_surrogate(ratio, adv, cfg.clip_low, cfg.clip_high)
-                if ref_logp is not None:
-                    loss_tok = loss_tok + cfg.kl_coef * k3_kl(logp, ref_logp)
-                if cfg.entropy_coef:
-                    loss_tok = loss_tok - cfg.entropy_coef * entropy
-                loss = aggregate_loss(loss_tok, mask_f, cfg.loss_agg, N)
+                            ref_logp, _ = token_logprobs(ref_model, batch.full, batch.prompt_len, batch.full_mask)
+                loss = policy_loss(cfg, logp, old_logp, batch.adv, mask_f, entropy, ref_logp)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))

@@ -18,6 +18,7 @@ from rlvr_nb.checkpoints import (append_metrics, mark_complete, load_weights_int
 from rlvr_nb.grpo import checkpoint_eval, make_optimizer
 from rlvr_nb.models import ModelConfig, build_model, build_tokenizer, load_model, load_tokenizer
 from rlvr_nb.tasks import AdditionTask, Problem, TaskConfig
+from rlvr_nb.threads import training_threads
 
 
 @dataclass(frozen=True)
@@ -51,9 +52,10 @@ class SFTConfig:
 
 
 def sequence_batch(tokenizer, problems: list[Problem]) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Prompt + answer + EOS as one id tensor [B, L+N], the target mask over answer tokens, prompt length."""
+    """Prompt + target + EOS as one id tensor [B, L+N], the target mask over the response tokens, prompt length.
+    The target is the whole correct response (`Problem.target`: the answer, after the scratchpad if any)."""
     prompts = tokenizer([p.prompt for p in problems], add_special_tokens=False)["input_ids"]
-    answers = tokenizer([p.answer for p in problems], add_special_tokens=False)["input_ids"]
+    answers = tokenizer([p.target for p in problems], add_special_tokens=False)["input_ids"]
     L = len(prompts[0])
     if any(len(p) != L for p in prompts) or len({len(a) for a in answers}) != 1:
         raise ValueError("sequence_batch expects prompts and answers of equal lengths (the embedded task)")
@@ -67,6 +69,7 @@ def token_nll(model, ids: torch.Tensor, prompt_len: int) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, prompt_len:], reduction="none")
 
 
+@training_threads
 def train_sft(cfg: SFTConfig, run_dir: str | Path, init_dir: str | Path | None = None, task_cfg: TaskConfig = TaskConfig(),
               model_cfg: ModelConfig = ModelConfig(), resume: bool = False, progress: bool = True,
               stop_after: int | None = None) -> Path:
@@ -88,7 +91,7 @@ def train_sft(cfg: SFTConfig, run_dir: str | Path, init_dir: str | Path | None =
         # the injected noise has its own stream, so every SNR setting sees exactly the same batches
         noise = {"noise": torch.Generator().manual_seed(cfg.seed + 1)}
         task = AdditionTask(task_cfg)
-        n_eval, n_new = cfg.eval_problems, task.answer_len + 2
+        n_eval, n_new = cfg.eval_problems, task.response_len + 2
         if ckpt is not None:
             load_weights_into(model, ckpt)
             restore_training_state(ckpt, opt, gen, noise)

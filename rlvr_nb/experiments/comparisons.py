@@ -334,9 +334,25 @@ def sweep_rows(specs: Sequence[tuple[str, str, RunSpec]], measurer: Measurer) ->
     return rows
 
 
-def save_sweep(path: str | Path, rows: Sequence[dict], specs: Sequence[tuple[str, str, RunSpec]], note: str = "") -> Path:
-    """Write the sweep as JSON: {"note", "specs" (the configs it was computed from), "rows"}."""
-    return save_json_table(path, {"note": note, "specs": sweep_record(specs), "rows": list(rows)})
+def save_sweep(path: str | Path, rows: Sequence[dict], specs: Sequence[tuple[str, str, RunSpec]], note: str = "",
+               emb: EmbeddedConfig | None = None) -> Path:
+    """Write the sweep as JSON: {"note", "specs" (the configs it was computed from), "embedded" (the model, task
+    and warm start they started from), "rows"}, with its provenance."""
+    return save_json_table(path, {"note": note, "specs": sweep_record(specs), "embedded": to_jsonable(emb),
+                                  "rows": list(rows)})
+
+
+def sweep_differences(sweep: dict, specs: Sequence[tuple[str, str, RunSpec]], emb: EmbeddedConfig) -> list[str]:
+    """What a saved sweep was computed from that differs from this profile's sweep: its run configs, and its
+    embedded model / task / warm start (a table saved before it recorded them says so)."""
+    out = []
+    if sweep["specs"] != sweep_record(specs):
+        out.append("other run configs than this profile's sweep")
+    if "embedded" not in sweep:
+        out.append("an embedded model it did not record (it predates the current 2 x 32-head model and its warm start)")
+    elif sweep["embedded"] != json.loads(json.dumps(to_jsonable(emb))):
+        out.append("another embedded model, task or warm start than the current default")
+    return out
 
 
 def sweep_record(specs: Sequence[tuple[str, str, RunSpec]]) -> list[dict]:

@@ -79,16 +79,16 @@ PARAMS: dict[str, dict[str, dict]] = {
     # embedded model (cached in runs/); smoke runs a two-point sweep into its output folder, cpu reads the
     # committed table (run_sweep=True recomputes it), gpu analyses the run_dir you give and shows cpu's table.
     "02_weight_linearity": {
-        "smoke": {"run_dir": None, "sft_run_dir": None, "base_dir": None, "sample_fraction": None,
+        "smoke": {"seeds": [0, 1], "recompute_seeds": True, "seeds_file": "", "run_dir": None, "sft_run_dir": None, "base_dir": None, "sample_fraction": None,
                   "compare": True, "customary_sft_lr": 1e-3, "seq_steps": 30, "run_sweep": True, "sweep_file": "", "sweep_base": {},
                   "sweep_lrs": [3e-4], "sweep_prompts": [], "sweep_base_steps": 40, "sweep_steps": [30, 40],
                   "sweep_combined": [], "responses_per_prompt": 2},
-        "cpu": {"run_dir": None, "sft_run_dir": None, "base_dir": None, "sample_fraction": None,
+        "cpu": {"seeds": [0, 1, 2], "recompute_seeds": False, "seeds_file": "notebooks/data/seeds_cpu.json", "run_dir": None, "sft_run_dir": None, "base_dir": None, "sample_fraction": None,
                 "compare": True, "customary_sft_lr": 1e-3, "seq_steps": 500, "run_sweep": False,
                 "sweep_file": "notebooks/data/02_sweep_cpu.json", "sweep_base": CHEAP_RL, "sweep_lrs": [3e-5, 5e-5, 1e-4],
                 "sweep_prompts": [], "sweep_base_steps": 1000, "sweep_steps": [250, 500, 1000],
                 "sweep_combined": SWEEP_COMBINED, "responses_per_prompt": 8},
-        "gpu": {"run_dir": "", "sft_run_dir": "", "base_dir": None, "sample_fraction": None,
+        "gpu": {"seeds": [], "recompute_seeds": False, "seeds_file": "", "run_dir": "", "sft_run_dir": "", "base_dir": None, "sample_fraction": None,
                 "compare": False, "customary_sft_lr": 1e-3, "seq_steps": 500,
                 "run_sweep": False, "sweep_file": "notebooks/data/02_sweep_cpu.json", "sweep_base": CHEAP_RL,
                 "sweep_lrs": [3e-5, 5e-5, 1e-4],
@@ -98,13 +98,13 @@ PARAMS: dict[str, dict[str, dict]] = {
     # 03_logprob_linearity: probes: responses_per_prompt samples from
     # the first checkpoint for each held-out prompt (gpu: one prompt per line of prompts_file).
     "03_logprob_linearity": {
-        "smoke": {"run_dir": None, "sft_run_dir": None, "base_dir": None, "prompts_file": None,
+        "smoke": {"seeds": [0, 1], "recompute_seeds": True, "seeds_file": "", "run_dir": None, "sft_run_dir": None, "base_dir": None, "prompts_file": None,
                   "responses_per_prompt": 2, "activation_probes": 64, "max_coordinates": 20_000, "compare": True,
                   "customary_sft_lr": 1e-3, "seq_steps": 30},
-        "cpu": {"run_dir": None, "sft_run_dir": None, "base_dir": None, "prompts_file": None,
+        "cpu": {"seeds": [0, 1, 2], "recompute_seeds": False, "seeds_file": "notebooks/data/seeds_cpu.json", "run_dir": None, "sft_run_dir": None, "base_dir": None, "prompts_file": None,
                 "responses_per_prompt": 8, "activation_probes": 1024, "max_coordinates": 200_000, "compare": True,
                 "customary_sft_lr": 1e-3, "seq_steps": 500},
-        "gpu": {"run_dir": "", "sft_run_dir": "", "base_dir": None, "prompts_file": "",
+        "gpu": {"seeds": [], "recompute_seeds": False, "seeds_file": "", "run_dir": "", "sft_run_dir": "", "base_dir": None, "prompts_file": "",
                 "responses_per_prompt": 8, "activation_probes": 64, "max_coordinates": 200_000, "compare": False,
                 "customary_sft_lr": 1e-3, "seq_steps": 500},
     },
