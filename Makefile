@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 KERNEL := rlvr-nb
 
-.PHONY: setup kernel run test lab unit notebooks-smoke bench sync clean
+.PHONY: setup kernel run readme test lab unit notebooks-smoke bench sync clean
 
 # One-time set-up: venv, CPU PyTorch (pinned), the package with its test and lab extras (pytest, playwright;
 # JupyterLab beside the widget front end), then the Jupyter kernel.
@@ -23,9 +23,14 @@ kernel: $(VENV)/.installed
 
 setup: $(VENV)/.installed kernel
 
-# Main job: every notebook at the cpu profile into papermill_runs/cpu/.
+# Main job: every notebook at the cpu profile into papermill_runs/cpu/, then the README's findings section from
+# what they recorded (also when a notebook failed; the exit status is the run's).
 run: setup
-	$(PY) -m rlvr_nb.notebook.run --profile cpu
+	$(PY) -m rlvr_nb.notebook.run --profile cpu; status=$$?; $(PY) -m rlvr_nb.notebook.overview --readme && exit $$status
+
+# The README's findings section, generated from papermill_runs/cpu/findings/.
+readme: setup
+	$(PY) -m rlvr_nb.notebook.overview --readme
 
 # Whole test suite: unit tests, every notebook at the smoke profile, and the sliders of 04 and 05 in JupyterLab
 # under headless Chromium (Debian's package, installed by the test when missing; RLVR_NB_NO_BROWSER=1 skips it);

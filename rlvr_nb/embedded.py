@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -44,6 +45,20 @@ def repo_root() -> Path:
     return here if (here / "pyproject.toml").exists() else Path.cwd()
 
 
+TRAINED_LOG = "trained.jsonl"
+"""Under $RLVR_NB_OUT: one JSON line per run that `ensure_*` trained (or resumed) rather than found complete."""
+
+
+def note_trained(run: Path, started: float) -> None:
+    """Append {"run", "seconds"} (since `started`, a `time.perf_counter()`) to $RLVR_NB_OUT/TRAINED_LOG when that
+    variable is set: the notebook runner records which runs a notebook's wall time spent training."""
+    out = os.environ.get("RLVR_NB_OUT")
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        with open(Path(out) / TRAINED_LOG, "a") as f:
+            f.write(json.dumps({"run": Path(run).name, "seconds": round(time.perf_counter() - started, 1)}) + "\n")
+
+
 def runs_root() -> Path:
     """Where trajectories are cached: $RLVR_NB_RUNS, else <repo>/runs."""
     return Path(os.environ.get("RLVR_NB_RUNS", repo_root() / "runs"))
@@ -60,14 +75,18 @@ def ensure_warm_start(emb: EmbeddedConfig = EmbeddedConfig(), progress: bool = T
     run = runs_root() / f"warmstart-{config_hash(emb)}"
     with run_lock(run):
         if not is_complete(run):
+            t0 = time.perf_counter()
             train_sft(emb.warm_start, run, None, emb.task, emb.model, resume=True, progress=progress)
+            note_trained(run, t0)
     start = list_checkpoints(run)[-1][1]
     if emb.cool_down is None:
         return start
     cool = runs_root() / f"cooldown-{config_hash(emb)}"
     with run_lock(cool):
         if not is_complete(cool):
+            t0 = time.perf_counter()
             train_sft(emb.cool_down, cool, start, emb.task, resume=True, progress=progress)
+            note_trained(cool, t0)
     return list_checkpoints(cool)[-1][1]
 
 
@@ -77,7 +96,9 @@ def ensure_rl_run(rl: RLConfig, emb: EmbeddedConfig = EmbeddedConfig(), progress
     run = runs_root() / f"rl-{config_hash(emb, rl)}"
     with run_lock(run):
         if not is_complete(run):
+            t0 = time.perf_counter()
             train_rl(rl, init, run, emb.task, resume=True, progress=progress)
+            note_trained(run, t0)
     return run
 
 
@@ -87,7 +108,9 @@ def ensure_sft_run(sft: SFTConfig, emb: EmbeddedConfig = EmbeddedConfig(), progr
     run = runs_root() / f"sft-{config_hash(emb, sft)}"
     with run_lock(run):
         if not is_complete(run):
+            t0 = time.perf_counter()
             train_sft(sft, run, init, emb.task, resume=True, progress=progress)
+            note_trained(run, t0)
     return run
 
 

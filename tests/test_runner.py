@@ -5,21 +5,26 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import papermill
 import pytest
 
-from rlvr_nb.notebook.profiles import resolve, rl_config
-from rlvr_nb.notebook.run import main, parse_value
+import rlvr_nb.embedded as embedded
+import rlvr_nb.notebook.run as runner
+from rlvr_nb.notebook.profiles import NOTEBOOKS, PARAMS, RL_RUNS, resolve, rl_config
+from rlvr_nb.notebook.run import main, parse_value, resolved_parameters, resolved_seed
 
 
 class FakePapermill:
-    """Stands in for papermill.execute_notebook: writes the output notebook and one figure where the
-    runner points RLVR_NB_OUT, then completes, raises, or is interrupted."""
+    """Stands in for papermill.execute_notebook: writes the output notebook, one figure and its findings file where
+    the runner points RLVR_NB_OUT (and, for the notebooks in `trains`, notes a trained run the way
+    `rlvr_nb.embedded` does), then completes, raises, or is interrupted."""
 
     def __init__(self, outcomes: dict | None = None):
         self.outcomes = outcomes or {}
+        self.trains: set[str] = set()
         self.calls: list[tuple[str, dict, Path]] = []
 
     def __call__(self, nb, output_path, parameters=None, **kwargs):
@@ -29,6 +34,10 @@ class FakePapermill:
         Path(output_path).write_text(f"new {name}")
         (out / "figures").mkdir(parents=True, exist_ok=True)
         (out / "figures" / f"{name}_curves.png").write_bytes(b"new figure")
+        (out / "findings").mkdir(parents=True, exist_ok=True)
+        (out / "findings" / f"{name}.json").write_text(f'{{"notebook": "{name}", "findings": []}}')
+        if name in self.trains:
+            embedded.note_trained(Path(f"rl-{name}"), time.perf_counter() - 12.0)
         outcome = self.outcomes.get(name)
         if outcome is not None:
             raise outcome
@@ -139,7 +148,9 @@ def test_failing_notebook_leaves_the_reference_byte_identical(fake, committed, c
     assert (partial / "figures" / "01_training_curves.png").read_bytes() == b"new figure"
     rec = json.loads((partial / "manifest.json").read_text())["notebooks"]["01_training"]
     assert rec["status"] == "failed" and rec["error"] == "RuntimeError: cell 7 broke"
-    assert rec["output"] == "partial/01_training.ipynb" and rec["files"] == ["figures/01_training_curves.png"]
+    assert rec["output"] == "partial/01_training.ipynb"
+    assert rec["files"] == ["figures/01_training_curves.png", "findings/01_training.json"]
+    assert not (committed / "findings").exists()  # a failed notebook's findings never reach the committed outputs
     err = capsys.readouterr().err
     assert f"[smoke] 01_training: failed after 0 s (RuntimeError: cell 7 broke); partial notebook: " \
            f"{partial / '01_training.ipynb'}; committed outputs in {committed} unchanged" in err
@@ -169,7 +180,8 @@ def test_completed_notebook_replaces_its_outputs_from_staging(fake, committed):
     assert (committed / "02_weight_linearity.ipynb").read_text() == "reference 02"
     manifest = json.loads((committed / "manifest.json").read_text())
     rec = manifest["notebooks"]["01_training"]
-    assert rec["status"] == "ok" and rec["files"] == ["figures/01_training_curves.png"]
+    assert rec["status"] == "ok" and rec["files"] == ["figures/01_training_curves.png", "findings/01_training.json"]
+    assert json.loads((committed / "findings" / "01_training.json").read_text())["notebook"] == "01_training"
     assert manifest["notebooks"]["02_weight_linearity"] == {"status": "ok"}  # other entries kept
     assert not list(committed.glob(".staging-*")) and not list(committed.glob(".manifest.json.*"))
     assert not (committed / "partial").exists()
@@ -215,3 +227,70 @@ def test_output_path_reads_the_last_completed_run_when_this_run_has_not_written_
     staged.parent.mkdir(parents=True)
     staged.write_text("{}")
     assert figures.output_path("t.json", "smoke", reading=True) == staged
+
+
+def test_overview_runs_last(fake, tmp_path):
+    assert runner.select(None)[-1] == "00_overview" and sorted(runner.select(None)) == sorted(NOTEBOOKS)
+    assert main(["--profile", "smoke", "--only", "00", "01", "02", "--out", str(tmp_path / "o")]) == 0
+    assert [c[0] for c in fake.calls] == ["01_training", "02_weight_linearity", "00_overview"]
+
+
+def test_manifest_records_resolved_values_seed_commit_and_trained_runs(fake, committed, monkeypatch):
+    commits = iter(["c01", "c02"])
+    monkeypatch.setattr(runner, "git_commit", lambda: next(commits))
+    fake.trains = {"01_training"}
+    assert main(["--profile", "smoke", "--only", "01", "02", "-p", "steps", "20", "--out", str(committed)]) == 0
+    manifest = json.loads((committed / "manifest.json").read_text())
+    assert "git_commit" not in manifest  # no single commit stands for notebooks run at several
+    r01, r02 = manifest["notebooks"]["01_training"], manifest["notebooks"]["02_weight_linearity"]
+    assert (r01["git_commit"], r02["git_commit"]) == ("c01", "c02")  # each taken when its notebook started
+    smoke = RL_RUNS["smoke"]
+    assert r01["parameters"]["steps"] == 20 and r01["overrides"] == {"steps": 20}
+    assert (r01["parameters"]["lr"], r01["parameters"]["group_size"]) == (smoke.lr, smoke.group_size)
+    assert r01["seed"] == 0 and r01["parameters"]["seed"] == 0 and r01["parameters"]["data_path"] is None
+    assert r02["parameters"]["seq_steps"] == PARAMS["02_weight_linearity"]["smoke"]["seq_steps"]
+    assert r02["seed"] is not None and r02["overrides"] == {}
+    assert [t["run"] for t in r01["trained"]] == ["rl-01_training"] and r01["trained"][0]["seconds"] >= 12.0
+    assert r02["trained"] == []
+    assert "trained.jsonl" not in r01["files"] and not (committed / "trained.jsonl").exists()
+
+
+@pytest.mark.parametrize("profile", ["smoke", "cpu"])
+def test_resolved_parameters_are_what_the_notebook_resolves(profile):
+    import jupytext
+
+    for name in NOTEBOOKS:
+        cell = runner.parameters_cell(jupytext.read(runner.notebook_path(name)))
+        values = resolved_parameters(name, profile, {**cell, "profile": profile})
+        ns = vars(resolve(name, profile, **{k: v for k, v in cell.items() if k != "profile"}))
+        assert {k: values[k] for k in ns} == ns, name
+    values = resolved_parameters("01_training", profile, {"profile": profile, "steps": None, "lr": None, "seed": None})
+    rl = rl_config(profile)
+    assert (values["steps"], values["lr"], values["seed"]) == (rl.steps, rl.lr, rl.seed)
+
+
+def test_resolved_seed():
+    assert resolved_seed("06_rl_extra", "cpu", {"seeds": [0, 1, 2]}) == [0, 1, 2]
+    assert resolved_seed("04_lowpass_theory", "cpu", {"seed": 3}) == 3
+    assert resolved_seed("05_extrapolation", "cpu", {"rl_recipe": {}}) == RL_RUNS["cpu"].seed
+    assert resolved_seed("05_extrapolation", "cpu", {"rl_recipe": {"seed": 7}, "seeds": []}) == 7
+    assert resolved_seed("00_overview", "cpu", {"profile": "cpu"}) is None
+
+
+def test_embedded_notes_only_the_runs_it_trains(tmp_path, monkeypatch):
+    monkeypatch.setenv("RLVR_NB_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("RLVR_NB_OUT", str(tmp_path / "out"))
+    done: set[str] = set()
+    monkeypatch.setattr(embedded, "is_complete", lambda run: Path(run).name in done)
+    monkeypatch.setattr(embedded, "list_checkpoints", lambda run: [(0, Path(run) / "step_0")])
+    monkeypatch.setattr(embedded, "train_sft", lambda cfg, run, init, *a, **k: done.add(Path(run).name))
+    monkeypatch.setattr(embedded, "train_rl", lambda cfg, init, run, *a, **k: done.add(Path(run).name))
+    rl = RL_RUNS["smoke"]
+    run = embedded.ensure_rl_run(rl)
+    log = tmp_path / "out" / embedded.TRAINED_LOG
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    assert [x["run"].split("-")[0] for x in lines] == ["warmstart", "cooldown", "rl"] and lines[-1]["run"] == run.name
+    assert embedded.ensure_rl_run(rl) == run and len(log.read_text().splitlines()) == 3  # cached: nothing noted
+    monkeypatch.delenv("RLVR_NB_OUT")
+    embedded.ensure_sft_run(embedded.matched_sft(rl))  # trained, but no runner is listening
+    assert len(log.read_text().splitlines()) == 3

@@ -9,11 +9,14 @@ is one error, exit status 2, and nothing is executed or written.
 Each notebook's `.py` (the source of truth) is read with jupytext and executed into a staging directory
 beside the outputs, `papermill_runs/<profile>/.staging-<name>-<pid>/`; the notebook's figures go there
 too (`RLVR_NB_OUT` points at it, see `rlvr_nb.figures.figure_dir`). Only when the notebook completes are
-`<name>.ipynb`, every file it wrote (its figures) and its `manifest.json` entry (git commit, package
-versions, profile, parameters, seed, wall time) renamed into `papermill_runs/<profile>/`; the manifest
-is written to a temporary file and replaced atomically. A notebook that fails or is interrupted leaves
-the committed outputs as they were: its partial notebook, figures and a record of the failure move to
-`papermill_runs/<profile>/partial/`, and one line says where.
+`<name>.ipynb`, every file it wrote (its figures, its `findings/<name>.json`) and its `manifest.json` entry
+renamed into `papermill_runs/<profile>/`; the manifest is written to a temporary file and replaced atomically.
+An entry records the git commit the notebook started at, the parameter values it resolved (`resolved_parameters`),
+its seed, its wall time and the runs it trained rather than read from the cache (`trained`, from the
+`rlvr_nb.embedded.TRAINED_LOG` the package appends to in the staging directory); the manifest's header holds
+the profile, the package versions and the machine. `00_overview` runs last, since it reads the others' outputs.
+A notebook that fails or is interrupted leaves the committed outputs as they were: its partial notebook, figures,
+findings and a record of the failure move to `papermill_runs/<profile>/partial/`, and one line says where.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
-from rlvr_nb.embedded import repo_root
+from rlvr_nb.embedded import TRAINED_LOG, repo_root
 from rlvr_nb.grpo import RLConfig
 from rlvr_nb.notebook.profiles import NOTEBOOKS, PARAMS, PROFILES, RL_RUNS
 from rlvr_nb.notebook.report import git_commit
@@ -45,6 +48,8 @@ PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "matp
 STAGING_PREFIX = ".staging-"
 PARTIAL_DIR = "partial"
 RL_FIELDS = frozenset(f.name for f in fields(RLConfig))
+OVERVIEW = "00_overview"
+"""Reads the other notebooks' manifest entries and findings, so a run executes it last."""
 
 
 class UsageError(SystemExit):
@@ -160,11 +165,11 @@ def check_parameter(name: str, key: str, text: str, profile: str, defaults: dict
 
 
 def select(only: list[str] | None) -> list[str]:
-    """The notebooks named by `--only` (a name or a prefix each), in order; all of them without it."""
-    names = list(NOTEBOOKS)
+    """The notebooks named by `--only` (a name or a prefix each), in order, `OVERVIEW` last; all of them without it."""
+    names = [n for n in NOTEBOOKS if n != OVERVIEW] + [n for n in NOTEBOOKS if n == OVERVIEW]
     if only is None:
         return names
-    valid = ", ".join(names)
+    valid = ", ".join(NOTEBOOKS)
     empty = [n for n in only if not n.strip()]
     if empty or not only:
         raise UsageError(f"error: --only {' '.join(repr(n) for n in only) or '(nothing)'} names no notebook; "
@@ -278,6 +283,7 @@ def write_json_atomic(path: Path, data: dict) -> None:
 def record_entry(path: Path, name: str, entry: dict, header: dict) -> None:
     """Set the manifest's entry for `name` (re-read first: another runner may have recorded others)."""
     manifest = json.loads(path.read_text()) if path.exists() else {}
+    manifest.pop("git_commit", None)  # written by older runners for the whole run; each entry now has its own
     manifest = {**manifest, **header, "notebooks": {**manifest.get("notebooks", {}), name: entry}}
     write_json_atomic(path, manifest)
 
@@ -317,19 +323,60 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[-1] if text else ''}".rstrip(": ")
 
 
+def resolved_parameters(name: str, profile: str, given: dict) -> dict:
+    """The values a notebook's knobs resolve to, as `profiles.resolve` fills them in (a non-None given value, else
+    the profile's table value, every table key included) and, for an RLConfig field the table does not name (01's
+    RL knobs), as `profiles.rl_config` does: the profile's RL run's value."""
+    table = PARAMS.get(name, {})
+    values = {**table.get(profile, {}), **{k: v for k, v in given.items() if v is not None}}
+    for key in given:
+        if values.get(key) is None and key in RL_FIELDS and not any(key in t for t in table.values()):
+            values[key] = getattr(RL_RUNS[profile], key)
+        values.setdefault(key, None)
+    return values
+
+
+def resolved_seed(name: str, profile: str, values: dict):
+    """The notebook's seed: its `seed` or `seeds` knob (an empty list of seeds: none given), else its RL run's (the
+    profile's, with `rl_recipe`); None for a notebook without knobs (it trains and reads no run)."""
+    for key in ("seed", "seeds"):
+        if values.get(key) not in (None, [], ()):
+            return values[key]
+    if not PARAMS.get(name, {}).get(profile):
+        return None
+    return (values.get("rl_recipe") or {}).get("seed", RL_RUNS[profile].seed)
+
+
+def read_trained(staging: Path) -> list[dict]:
+    """The runs the notebook trained (one JSON line each in its staging directory's TRAINED_LOG, which is then
+    removed); a line cut short by a killed kernel is kept as {"unreadable": text}."""
+    log = staging / TRAINED_LOG
+    if not log.is_file():
+        return []
+    out = []
+    for line in filter(str.strip, log.read_text().splitlines()):
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            out.append({"unreadable": line})
+    log.unlink()
+    return out
+
+
 def manifest_entry(name: str, nb, inject: dict, error: str | None, interrupted: bool, wall: float,
-                   header: dict) -> dict:
+                   commit_sha: str | None, trained: list[dict]) -> dict:
     """The manifest record of one notebook's execution."""
-    given = {**parameters_cell(nb), **inject}
+    values = resolved_parameters(name, inject["profile"], {**parameters_cell(nb), **inject})
     return {"status": "ok" if error is None else ("interrupted" if interrupted else "failed"), "error": error,
-            "wall_seconds": round(wall, 1), "parameters": given, "seed": given.get("seed"),
-            "output": f"{name}.ipynb", "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "git_commit": header["git_commit"]}
+            "wall_seconds": round(wall, 1), "parameters": values,
+            "overrides": {k: v for k, v in inject.items() if k != "profile"},
+            "seed": resolved_seed(name, inject["profile"], values), "trained": trained,
+            "output": f"{name}.ipynb", "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "git_commit": commit_sha}
 
 
 def commit(staging: Path, out_dir: Path, name: str, entry: dict, header: dict) -> None:
-    """A completed notebook: its files (figures first, the notebook last) and then its manifest entry
-    replace the committed ones."""
+    """A completed notebook: its files (figures and findings first, the notebook last) and then its manifest
+    entry replace the committed ones."""
     files = move_tree(staging, out_dir, last=f"{name}.ipynb")
     entry["files"] = [f for f in files if f != f"{name}.ipynb"]
     record_entry(out_dir / "manifest.json", name, entry, header)
@@ -360,7 +407,7 @@ def run(profile: str, only: list[str] | None = None, params: list[tuple[str, str
     out_dir = Path(out_dir or repo_root() / "papermill_runs" / profile)
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(out_dir)
-    header = {"profile": profile, "git_commit": git_commit(), "versions": versions(),
+    header = {"profile": profile, "versions": versions(),
               "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}}
     failed = []
     for name, nb, inject in todo:
@@ -369,6 +416,7 @@ def run(profile: str, only: list[str] | None = None, params: list[tuple[str, str
         if staging.is_dir() and not staging.is_symlink():  # left by a dead runner whose pid this process reuses
             shutil.rmtree(staging)
         staging.mkdir()
+        commit_sha = git_commit()  # this notebook's: a long run may span commits
         t0, error, interrupted = time.time(), None, None
         try:
             with figures_into(staging):
@@ -380,7 +428,8 @@ def run(profile: str, only: list[str] | None = None, params: list[tuple[str, str
         except Exception as exc:  # papermill saved the notebook up to the failing cell
             error = describe_error(exc)
         with sigint_deferred():
-            entry = manifest_entry(name, nb, inject, error, interrupted is not None, time.time() - t0, header)
+            entry = manifest_entry(name, nb, inject, error, interrupted is not None, time.time() - t0, commit_sha,
+                                   read_trained(staging))
             try:
                 if error is None:
                     commit(staging, out_dir, name, entry, header)

@@ -1,0 +1,41 @@
+"""Pretraining a profile's trajectories in parallel processes: each is trained once, and the notebooks' own
+calls then find them cached."""
+
+from __future__ import annotations
+
+import pytest
+
+from rlvr_nb.checkpoints import is_complete
+from rlvr_nb.embedded import config_hash, ensure_trajectory
+from rlvr_nb.grpo import RLConfig
+from rlvr_nb.notebook import profiles
+from rlvr_nb.notebook.pretrain import pretrain, trajectories
+
+
+def test_trajectories_are_what_the_notebooks_train():
+    cfgs = trajectories("cpu")
+    rl = profiles.rl_config("cpu")
+    assert cfgs[0] == rl and profiles.sft_config("cpu") in cfgs
+    assert profiles.rl_config("cpu", **profiles.CHEAP_RL) in cfgs
+    assert len(set(cfgs)) == len(cfgs)
+
+
+def test_pretrain_at_smoke_trains_each_run_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("RLVR_NB_RUNS", str(tmp_path))
+    done = pretrain("smoke", jobs=2)
+    emb = profiles.embedded_config("smoke")
+    runs = {(f"rl-" if isinstance(c, RLConfig) else "sft-") + config_hash(emb, c): c for c in trajectories("smoke")}
+    assert {name for name, _ in done[1:]} == set(runs)
+    for name in runs:
+        assert is_complete(tmp_path / name)
+    mtimes = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.safetensors")}
+    for c in trajectories("smoke"):  # what a notebook does next: everything cached, nothing rewritten
+        ensure_trajectory(c, emb, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.safetensors")} == mtimes
+
+
+def test_pretrain_refuses_gpu_and_bad_jobs():
+    with pytest.raises(ValueError, match="at the gpu profile 01 trains your model with verl"):
+        pretrain("gpu")
+    with pytest.raises(ValueError, match="jobs must be >= 1, got 0"):
+        pretrain("smoke", jobs=0)
