@@ -23,9 +23,11 @@ kernel: $(VENV)/.installed
 
 setup: $(VENV)/.installed kernel
 
-# Main job: every notebook at the cpu profile into papermill_runs/cpu/, then the README's findings section from
+# Main job: the trajectories the notebooks read, trained first as two single-thread processes at once
+# (rlvr_nb.notebook.pretrain), then every notebook at the cpu profile into papermill_runs/cpu/, then the README's findings section from
 # what they recorded (also when a notebook failed; the exit status is the run's).
 run: setup
+	$(PY) -m rlvr_nb.notebook.pretrain --profile cpu --jobs 2
 	$(PY) -m rlvr_nb.notebook.run --profile cpu; status=$$?; $(PY) -m rlvr_nb.notebook.overview --readme && exit $$status
 
 # The README's findings section, generated from papermill_runs/cpu/findings/.

@@ -47,8 +47,12 @@ data_path = None  # gpu profile (required): JSONL/parquet with question/answer c
 n_gpus = None  # gpu profile: GPUs for verl
 
 # %%
+from rlvr_nb import paper
+from rlvr_nb.findings import Finding, record_findings
 from rlvr_nb.notebook import profiles
-from rlvr_nb.experiments.training import accuracy_table, plot_training
+from IPython.display import display
+
+from rlvr_nb.experiments.training import accuracy_table, plot_training, training_metrics
 from rlvr_nb.checkpoint_files import read_json
 from rlvr_nb.embedded import ensure_rl_run, ensure_sft_run, ensure_warm_start
 from rlvr_nb.figures import save_figure
@@ -120,3 +124,35 @@ save_figure(fig, "01_training_curves")
 
 # %%
 markdown_table(accuracy_table(runs))
+
+# %% [markdown]
+# ## How this toy differs from the paper's regime
+# Read before trusting any comparison with the paper's numbers. The values below are measured on the runs
+# above and go into the findings table as context (no verdict):
+#
+# - **answers are a few tokens long**: the paper's responses run to thousands of tokens (up to 16k), so one
+#   outcome reward is spread over very many tokens; here it is spread over the answer digits and the
+#   end-of-response token, so outcome-only credit is barely sparser than supervision;
+# - **RL starts from a model that already knows the answer**: greedy accuracy at the RL start is far above
+#   sampled accuracy, so RL mostly sharpens the sampling distribution rather than learning a new skill;
+# - **the model is tiny** (its parameter count is printed above; the paper's models have 1.5B-32B) and trains at a
+#   far larger learning rate (the table's last row).
+
+# %%
+if profile != "gpu":
+    rl_metrics = [m for m in training_metrics(rl_run) if "response_len" in m]
+    evals = [m for m in training_metrics(rl_run) if "heldout_sampled" in m]
+    resp = sum(m["response_len"] for m in rl_metrics) / len(rl_metrics)
+    regime = [
+        Finding("regime_response_tokens", "RL response length (tokens, mean over the run)", resp, None,
+                paper.MAX_RESPONSE_TOKENS, "", "context", "01_training", note="the paper's value is its maximum"),
+        Finding("regime_start_greedy", "held-out greedy accuracy at the RL start", evals[0]["heldout_greedy"], None,
+                None, "", "context", "01_training"),
+        Finding("regime_start_sampled", "held-out sampled (T=1) accuracy at the RL start", evals[0]["heldout_sampled"],
+                None, None, "", "context", "01_training"),
+        Finding("regime_end_sampled", f"held-out sampled (T=1) accuracy after {evals[-1]['step']} RL steps",
+                evals[-1]["heldout_sampled"], None, None, "", "context", "01_training"),
+        Finding("regime_lr", "RL learning rate", rl.lr, None, paper.RL_LR, "", "context", "01_training"),
+    ]
+    print(f"written to {record_findings('01_training', regime, profile)}")
+    display(markdown_table([{"measured": f.name, "ours": f.value, "paper": f.paper} for f in regime]))

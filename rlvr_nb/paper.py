@@ -26,6 +26,8 @@ RL_LR = 1e-6
 """AdamW learning rate of the original GRPO runs (Setting)."""
 RL_RUN_LABEL = "R1-Distill-1.5B, lr 1e-6"
 """How tables name the original RL run: DeepSeek-R1-Distill-Qwen-1.5B at RL_LR (Setting)."""
+MAX_RESPONSE_TOKENS = 16384
+"""Longest response of the original RL runs: 16k tokens (Setting)."""
 CHECKPOINT_STEPS = tuple(range(0, 1301, 100))
 """Checkpoints analysed: steps 0, 100, ..., 1300 (Setting)."""
 N_CHECKPOINTS = len(CHECKPOINT_STEPS)
