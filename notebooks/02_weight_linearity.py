@@ -61,7 +61,7 @@ from rlvr_nb.findings import Finding, record_findings
 from rlvr_nb.notebook import profiles
 from rlvr_nb.embedded import ensure_rl_run, ensure_sft_run, repo_root
 from rlvr_nb.figures import (output_path, plot_comparison_medians, plot_examples_by_run, plot_module_layer_heatmap,
-                             plot_r2_histograms, plot_seed_spread, plot_sweep, save_figure)
+                             plot_r2_histograms, plot_sweep, save_figure)
 from rlvr_nb.linearity import LinearityConfig, weight_linearity
 from rlvr_nb.logprobs import ProbeConfig, ensure_probes
 from rlvr_nb.notebook.report import markdown_table
@@ -156,32 +156,10 @@ print(f"finding (a) {'holds' if holds else 'does not hold'} on this run: RL weig
 # `recompute_seeds=True` to train the missing seeds and rewrite it. `03` reads the same table for finding (b).
 
 # %%
-seed_findings = []
-if P.seeds:
-    seeds_path = repo_root() / P.seeds_file if P.seeds_file else output_path(f"seeds_{profile}.json", profile,
-                                                                             reading=not P.recompute_seeds)
-    seed_tab = seed_study.seed_table(seeds_path, P.recompute_seeds, rl, emb, P.seeds, P.responses_per_prompt,
-                                     command=f"python -m rlvr_nb.notebook.run --profile {profile} --only 02 -p recompute_seeds True")
-    print(f"seed table {seeds_path}: {seed_tab['provenance']}")
-    display(markdown_table(seed_study.summary_rows(seed_tab["rows"])))
-    seed_findings = seed_study.seed_findings(seed_tab["rows"], "weight", "02_weight_linearity")
-    live = next((r for r in seed_tab["rows"] if r["seed"] == rl.seed), None)
-    if live is not None and P.run_dir is None and P.sample_fraction is None:
-        print(f"seed {rl.seed} in the table: median {live['weight median']:.4f}, >0.7 {live['weight >0.7']:.4f}; "
-              f"this notebook's run above: {o.median:.4f}, {o.frac_above:.4f}")
-    fig = plot_seed_spread(seed_tab["rows"], ("weight median", "weight >0.7"),
-                           {"weight median": paper.FINDING_A["median"], "weight >0.7": paper.FINDING_A["frac_above"]},
-                           title="finding (a) per seed")
-    save_figure(fig, "02_seeds")
-    for f in seed_findings:
-        print(f"finding ({f.key}): {f.name} {f.value:.3f} [{f.interval[0]:.3f}, {f.interval[1]:.3f}] over seeds "
-              f"{P.seeds}: {f.verdict} (goal {f.threshold}; paper {f.paper})")
-else:
-    print("no seeds at this profile: finding (a) is judged on the run above only")
-    seed_findings = [Finding("a", "RL weight R^2 median", o.median, None, paper.RL_WEIGHT_R2,
-                             f">= {paper.FINDING_A['median']} with > {paper.FINDING_A['frac_above']:.0%} above "
-                             f"{paper.R2_THRESHOLD}", "holds" if holds else "fails", "02_weight_linearity",
-                             note=f"one run: {runs['RL']}")]
+one_run = Finding("a", "RL weight R^2 median", o.median, None, paper.RL_WEIGHT_R2,
+                  f">= {paper.FINDING_A['median']} with > {paper.FINDING_A['frac_above']:.0%} above {paper.R2_THRESHOLD}",
+                  "holds" if holds else "fails", "02_weight_linearity", note=f"one run: {runs['RL']}")
+seed_findings = seed_study.seed_section(P, rl, emb, profile, "weight", "02_weight_linearity", one_run)
 
 # %% [markdown]
 # ## RL against SFT, under four stated comparisons

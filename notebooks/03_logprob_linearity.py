@@ -57,9 +57,8 @@ from rlvr_nb.experiments import seeds as seed_study
 from rlvr_nb.findings import Finding, record_findings
 from rlvr_nb.notebook import profiles
 from rlvr_nb.activations import ActivationConfig, activation_linearity
-from rlvr_nb.embedded import ensure_rl_run, ensure_sft_run, repo_root
-from rlvr_nb.figures import (output_path, plot_comparison_medians, plot_examples_by_run, plot_r2_histograms,
-                             plot_seed_spread, save_figure)
+from rlvr_nb.embedded import ensure_rl_run, ensure_sft_run
+from rlvr_nb.figures import plot_comparison_medians, plot_examples_by_run, plot_r2_histograms, save_figure
 from rlvr_nb.logprobs import ProbeConfig, ensure_probes
 from rlvr_nb.notebook.report import markdown_table
 from rlvr_nb.tasks import AdditionTask
@@ -163,26 +162,10 @@ print(f"finding (b) {'holds' if paper.token_finding_holds(t.median) else 'does n
 # read at `cpu` from the committed file and recomputed with `recompute_seeds=True`.
 
 # %%
-if P.seeds:
-    seeds_path = repo_root() / P.seeds_file if P.seeds_file else output_path(f"seeds_{profile}.json", profile,
-                                                                             reading=not P.recompute_seeds)
-    seed_tab = seed_study.seed_table(seeds_path, P.recompute_seeds, rl, emb, P.seeds, P.responses_per_prompt,
-                                     command=f"python -m rlvr_nb.notebook.run --profile {profile} --only 03 -p recompute_seeds True")
-    print(f"seed table {seeds_path}: {seed_tab['provenance']}")
-    display(markdown_table(seed_study.summary_rows(seed_tab["rows"])))
-    seed_findings = seed_study.seed_findings(seed_tab["rows"], "token", "03_logprob_linearity")
-    fig = plot_seed_spread(seed_tab["rows"], ("token median", "token >0.7"), {"token median": paper.FINDING_B["median"]},
-                           title="finding (b) per seed")
-    save_figure(fig, "03_seeds")
-    for f in seed_findings:
-        print(f"finding ({f.key}): {f.name} {f.value:.3f} [{f.interval[0]:.3f}, {f.interval[1]:.3f}] over seeds "
-              f"{P.seeds}: {f.verdict} (goal {f.threshold}; paper {f.paper})")
-else:
-    print("no seeds at this profile: finding (b) is judged on the run above only")
-    seed_findings = [Finding("b", "RL token log-prob R^2 median", t.median, None, paper.RL_TOKEN_R2,
-                             f">= {paper.FINDING_B['median']}",
-                             "holds" if paper.token_finding_holds(t.median) else "fails", "03_logprob_linearity",
-                             note=f"one run: {runs['RL']}")]
+one_run = Finding("b", "RL token log-prob R^2 median", t.median, None, paper.RL_TOKEN_R2, f">= {paper.FINDING_B['median']}",
+                  "holds" if paper.token_finding_holds(t.median) else "fails", "03_logprob_linearity",
+                  note=f"one run: {runs['RL']}")
+seed_findings = seed_study.seed_section(P, rl, emb, profile, "token", "03_logprob_linearity", one_run)
 
 # %% [markdown]
 # ## RL against SFT under the four comparisons of `02`, on token log-probs

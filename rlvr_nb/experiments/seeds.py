@@ -125,6 +125,39 @@ def seed_findings(rows: Sequence[dict], what: str, notebook: str) -> list[Findin
                     note=f"tokens with R^2 > {paper.R2_THRESHOLD}: {fm:.2f} [{flo:.2f}, {fhi:.2f}]")]
 
 
+def seed_section(P, rl: RLConfig, emb: EmbeddedConfig, profile: str, what: str, notebook: str,
+                 one_run: Finding) -> list[Finding]:
+    """What 02 (what="weight") and 03 (what="token") show of the seed study: the table's path and provenance,
+    the per-seed rows with the seed means and ranges, a figure, and the verdict lines; returns the findings.
+    `P` holds the notebook's resolved `seeds`, `recompute_seeds`, `seeds_file` and `responses_per_prompt`;
+    without seeds (the gpu profile) the finding is `one_run`, judged on the notebook's own run."""
+    from IPython.display import display
+
+    from rlvr_nb.embedded import repo_root
+    from rlvr_nb.figures import output_path, plot_seed_spread, save_figure
+    from rlvr_nb.notebook.report import markdown_table
+
+    if not P.seeds:
+        print(f"no seeds at this profile: finding ({one_run.key}) is judged on the notebook's run only")
+        return [one_run]
+    path = repo_root() / P.seeds_file if P.seeds_file else output_path(f"seeds_{profile}.json", profile,
+                                                                       reading=not P.recompute_seeds)
+    command = f"python -m rlvr_nb.notebook.run --profile {profile} --only {notebook[:2]} -p recompute_seeds True"
+    table = seed_table(path, P.recompute_seeds, rl, emb, P.seeds, P.responses_per_prompt, command)
+    print(f"seed table {path}: {table['provenance']}")
+    display(markdown_table(summary_rows(table["rows"])))
+    med, frac = STATS[what]
+    goals = ({med: paper.FINDING_A["median"], frac: paper.FINDING_A["frac_above"]} if what == "weight"
+             else {med: paper.FINDING_B["median"]})
+    fig = plot_seed_spread(table["rows"], (med, frac), goals, title=f"finding ({one_run.key}) per seed")
+    save_figure(fig, f"{notebook[:2]}_seeds")
+    found = seed_findings(table["rows"], what, notebook)
+    for f in found:
+        print(f"finding ({f.key}): {f.name} {f.value:.3f} [{f.interval[0]:.3f}, {f.interval[1]:.3f}] over seeds "
+              f"{list(P.seeds)}: {f.verdict} (goal {f.threshold}; paper {f.paper})")
+    return found
+
+
 def comparison_findings(comp_rows: Sequence[dict], what: str, notebook: str) -> list[Finding]:
     """The RL-vs-SFT contrast under each comparison of `comparisons.comparison_rows` as findings: the gap of the
     medians (RL - SFT) against the paper's gap; it reproduces the paper when at least half of it."""
