@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 from trajectory_fixtures import fabricated_weights, small_model_and_tokenizer, write_hf_dir
 
 from rlvr_nb.experiments import robustness as rb
+from rlvr_nb.experiments.lowpass_theory import plot_snr_sweep
 from rlvr_nb.embedded import EmbeddedConfig, ensure_trajectory
 from rlvr_nb.grpo import RLConfig
 from rlvr_nb.sft import SFTConfig
@@ -165,15 +166,23 @@ def test_cached_table_is_read_when_settings_match_and_recomputed_otherwise(tmp_p
     monkeypatch.setattr(rb, "sweep_rows",
                         lambda settings, emb, progress=True: computed.append(1) or [{"median": 0.9}] * len(settings))
     path = tmp_path / "data" / "table.json"
-    rows, how = rb.cached_rows(path, s, EmbeddedConfig(), progress=False)
+    table, how = rb.cached_rows(path, s, EmbeddedConfig(), progress=False)
     assert how.startswith("computed") and len(computed) == 1 and path.is_file()
-    rows2, how2 = rb.cached_rows(path, s, EmbeddedConfig(), progress=False)
-    assert how2.startswith("read") and rows2 == rows and len(computed) == 1
+    table2, how2 = rb.cached_rows(path, s, EmbeddedConfig(), progress=False)
+    assert how2.startswith("read") and table2["rows"] == table["rows"] and len(computed) == 1
     other = rb.robustness_settings(RLConfig(steps=100, ckpt_every=10), 60, lrs=[3e-4])
     assert rb.cached_rows(path, other, EmbeddedConfig(), progress=False)[1].startswith("computed")
     assert len(computed) == 2
     assert rb.cached_rows(path, other, EmbeddedConfig(), recompute=True, progress=False)[1].startswith("computed")
     assert rb.load_table(path)["settings"][0]["config"]["steps"] == 100
+    # another embedded model (the table does not describe it), or a missing extra table: recomputed
+    smaller = replace(EmbeddedConfig(), task=replace(EmbeddedConfig().task, digits=2))
+    assert rb.cached_rows(path, other, smaller, progress=False)[1].startswith("computed") and len(computed) == 4
+    assert rb.load_table(path)["embedded"]["task"]["digits"] == 2
+    extra = {"sgd_calibration": lambda: [{"lr": 0.01}]}
+    table3, how3 = rb.cached_rows(path, other, smaller, progress=False, extra=extra)
+    assert how3.startswith("computed") and table3["sgd_calibration"] == [{"lr": 0.01}] and len(computed) == 5
+    assert rb.cached_rows(path, other, smaller, progress=False, extra=extra)[1].startswith("read")
     with pytest.raises(FileNotFoundError, match="cpu profile"):
         rb.load_table(tmp_path / "missing.json")
     (tmp_path / "bad.json").write_text("[1, 2]")
@@ -181,15 +190,65 @@ def test_cached_table_is_read_when_settings_match_and_recomputed_otherwise(tmp_p
         rb.load_table(tmp_path / "bad.json")
 
 
+def test_sgd_calibration_reads_adamw_from_the_base_run_and_picks_the_largest_stable_rate(tmp_path, monkeypatch):
+    made = []
+
+    def fake_ensure(config, emb, progress=True):
+        run = fake_run(tmp_path / f"run{len(made)}", steps=(0, 10, 20), drift=0.1 * (1 + len(made)), seed=len(made))
+        with open(run / "metrics.jsonl", "a") as f:
+            for step in range(1, 21):
+                f.write(json.dumps({"step": step, "reward": 0.1 * len(made)}) + "\n")
+        made.append(config)
+        return run
+
+    monkeypatch.setattr(rb, "ensure_trajectory", fake_ensure)
+    base = RLConfig(steps=100, ckpt_every=10)
+    rows = rb.sgd_calibration_rows(base, [0.01, 0.03], EmbeddedConfig(), steps=20, progress=False)
+    assert made[0] == base and made[1] == replace(base, steps=20, optimizer="sgd", lr=0.01)
+    assert [(r["optimizer"], r["lr"]) for r in rows] == [("adamw", base.lr), ("sgd", 0.01), ("sgd", 0.03)]
+    assert rows[2]["rel_change"] > rows[1]["rel_change"] > rows[0]["rel_change"] > 0
+    assert [r["reward_last20"] for r in rows] == [0.0, 0.1, 0.2] and rows[1]["acc_end"] == 0.2
+    calib = [{"optimizer": "adamw", "lr": 3e-5, "acc_start": 0.9, "acc_end": 0.9},
+             {"optimizer": "sgd", "lr": 0.01, "acc_start": 0.9, "acc_end": 0.87},
+             {"optimizer": "sgd", "lr": 0.03, "acc_start": 0.9, "acc_end": 0.5}]
+    assert rb.largest_stable_lr(calib) == 0.01 and rb.largest_stable_lr(calib[2:]) is None
+    with pytest.raises(ValueError, match="multiple of ckpt_every=10"):
+        rb.sgd_calibration_rows(base, [0.01], EmbeddedConfig(), steps=25)
+    low = rb.low_coverage([{"label": "SGD", "active": 30, "total": 100}, {"label": "AdamW", "active": 99, "total": 100}])
+    assert [(r["label"], r["coverage"]) for r in low] == [("SGD", 0.3)]
+
+
+def test_batch_gradient_moments_of_several_losses():
+    model, _ = small_model_and_tokenizer()
+    p = next(model.parameters())
+
+    def losses(gen):
+        x = torch.randn(p.shape, generator=gen)
+        return [(p * x).sum(), (p * 0).sum() + 3 * p.sum()]  # gradients x (varies) and 3 (constant)
+
+    a, b = rb.batch_gradient_moments(model, losses, 50, seed=0)
+    n = p.numel()
+    xs = torch.stack([torch.randn(p.shape, generator=g) for g in [torch.Generator().manual_seed(0)] for _ in range(50)])
+    np.testing.assert_allclose(a["mean"][:n], xs.double().mean(0).reshape(-1).numpy(), atol=1e-12)
+    np.testing.assert_allclose(a["var"][:n], xs.double().var(0).reshape(-1).numpy(), rtol=1e-6)
+    assert np.allclose(b["mean"][:n], 3) and np.allclose(b["var"][:n], 0, atol=1e-12) and not b["mean"][n:].any()
+    snr = rb.gradient_snr(a)[:n]
+    assert np.median(snr) < 0.3  # a zero-mean gradient: no signal beyond 1 / sqrt(n)
+    assert np.isnan(rb.gradient_snr(b)[n:]).all()  # parameters without any gradient
+    assert rb.rms_snr(a) < 0.2
+    with pytest.raises(ValueError, match="n_batches >= 2"):
+        rb.batch_gradient_moments(model, losses, 1)
+
+
 def test_figures():
     rows = snr_rows([0.43, 0.50, 0.43, 0.56, 0.58, 0.52, 0.41, 0.40])
     rows += [dict(r, category="SFT lr 0.0001") for r in rows]
-    fig = rb.plot_snr_sweep(rows, show_paper=True)
+    fig = plot_snr_sweep(rows, show_paper=True)
     assert isinstance(fig, Figure) and len(fig.axes) == 2
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()][-1] == "zero\nsignal"
     labels = fig.axes[0].get_legend_handles_labels()[1]
     assert "paper: peak median 0.582" in labels and "paper: SFT baseline median 0.43" in labels
-    assert not any(l.startswith("paper") for l in rb.plot_snr_sweep(rows, show_paper=False).axes[0].get_legend_handles_labels()[1])
+    assert not any(l.startswith("paper") for l in plot_snr_sweep(rows, show_paper=False).axes[0].get_legend_handles_labels()[1])
     rrows = [{"category": c, "label": l, "median": 0.8, "q25": 0.7, "q75": 0.9}
              for c in ("optimizer", "advantage") for l in ("a", "b")]
     fig2 = rb.plot_robustness(rrows)

@@ -4,7 +4,9 @@ The theory itself (closed forms, simulations, the injected noise) is `rlvr_nb.lo
 
 - `theory_figure`: closed-form mean and median R^2 against simulated trajectories, over the per-step SNR;
 - `failure_modes_figure`: drift + noise against the two ways to lose linearity (curved drift, no signal);
-- `explorer_figure`, `snr_explorer`: one setting of the filter, and the sliders that redraw it.
+- `explorer_figure`, `snr_explorer`: one setting of the filter, and the sliders that redraw it;
+- `plot_snr_sweep`: Figure 3 on our model, from the rows of `robustness.sweep_rows`;
+- `plot_mechanism`: the scratchpad test of the mechanism and its controls (`rlvr_nb.experiments.mechanism`).
 
 Simulated trajectories are scored with the package's one R^2, `rlvr_nb.linearity.r2_against_steps`.
 """
@@ -18,6 +20,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
+from rlvr_nb import paper
 from rlvr_nb.linearity import r2_against_steps
 from rlvr_nb.lowpass import (
     check_walk, db_to_snr, expected_r2, median_r2, r2_ratio_approx, simulate_curved_drift, simulate_trajectories,
@@ -232,3 +235,88 @@ def snr_explorer(
 
     out = widgets.interactive_output(draw, {"snr_db": snr_slider, "steps_between": k_slider})
     return with_front_end_note(widgets.VBox([widgets.HBox([snr_slider, k_slider]), out]))
+
+
+def plot_snr_sweep(rows: Sequence[dict], show_paper: bool = True) -> Figure:
+    """Figure 3 on our model: weight R^2 (mean and median of active parameters) against the injected SNR,
+    one panel per SFT learning rate, with plain SFT as dotted lines and the mean +/- std as a band.
+
+    show_paper: mark the paper's peak median and SFT baseline median (`paper.SNR_PEAK_MEDIAN`,
+    `paper.SNR_BASELINE_MEDIAN`) as grey lines.
+    """
+    cats = list(dict.fromkeys(r["category"] for r in rows))
+    fig, axes = plt.subplots(1, len(cats), figsize=(6.2 * len(cats), 4.3), squeeze=False, sharey=True)
+    for ax, cat in zip(axes[0], cats):
+        sweep = [r for r in rows if r["category"] == cat and r["label"] != "plain SFT"]
+        sweep.sort(key=lambda r: math.inf if r["zero_signal"] else -r["snr_db"])  # 10 dB ... -20 dB, zero signal
+        x = np.arange(len(sweep))
+        mean = np.array([r["mean"] for r in sweep], dtype=float)
+        std = np.array([r["std"] for r in sweep], dtype=float)
+        med = np.array([r["median"] for r in sweep], dtype=float)
+        ax.fill_between(x, mean - std, mean + std, color="C0", alpha=0.12, label="mean +/- std")
+        ax.plot(x, mean, "o-", color="C0", label="mean R$^2$ (active params)")
+        ax.plot(x, med, "s-", color="C1", label="median R$^2$ (active params)")
+        plain = next((r for r in rows if r["category"] == cat and r["label"] == "plain SFT"), None)
+        if plain is not None:
+            ax.axhline(plain["mean"], color="C0", ls=":", label=f"plain SFT mean {plain['mean']:.2f}")
+            ax.axhline(plain["median"], color="C1", ls=":", label=f"plain SFT median {plain['median']:.2f}")
+        if len(sweep):
+            i = int(np.nanargmax(med))
+            ax.annotate(f"peak median\n{sweep[i]['label']}, {med[i]:.3f}", (x[i], med[i]), xytext=(30, -45),
+                        textcoords="offset points", ha="left", fontsize=8, arrowprops={"arrowstyle": "->"})
+        if show_paper:
+            ax.axhline(paper.SNR_PEAK_MEDIAN, color="0.5", ls="--", lw=0.8,
+                       label=f"paper: peak median {paper.SNR_PEAK_MEDIAN}")
+            ax.axhline(paper.SNR_BASELINE_MEDIAN, color="0.5", ls="-.", lw=0.8,
+                       label=f"paper: SFT baseline median {paper.SNR_BASELINE_MEDIAN}")
+        ax.set_xticks(x, [r["label"].replace(" dB", "") if not r["zero_signal"] else "zero\nsignal" for r in sweep])
+        ax.set(xlabel="injected SNR (dB)", title=cat, ylim=(0, 1))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left")
+    axes[0, 0].set_ylabel("weight R$^2$")
+    fig.tight_layout()
+    return fig
+
+
+def plot_mechanism(rows: list[dict]):
+    """Four panels against the scratchpad length k: (a) weight and (b) token median R^2 of RL and SFT, with the
+    controls beside k = 0 (SGD: squares, new target: stars); (c) per-coordinate gradient SNR at the start (RMS solid,
+    median dashed); (d) the constant-drift theory's median R^2 at the measured median SNR against the measured one."""
+    from rlvr_nb.experiments.mechanism import lengths, pick
+
+    ks = lengths(rows)
+    fig, axes = plt.subplots(1, 4, figsize=(17, 4.0))
+    line = lambda method, key: [pick(rows, "scratchpad", method, k).get(key) for k in ks]  # noqa: E731
+    nan = lambda v: [math.nan if x is None else x for x in v]  # noqa: E731
+    for ax, what in zip(axes[:2], ("weight", "token")):
+        for c, method in enumerate(("RL", "SFT")):
+            ax.plot(ks, nan(line(method, f"{what} median")), "o-", color=f"C{c}", label=f"{method}, AdamW")
+        shift = 0.06 * max(ks)  # the controls beside k = 0, not on top of it
+        for study, marker, dx, label in (("sgd", "s", -shift, "SGD, matched movement"), ("new target", "*", shift, "new target")):
+            for c, method in enumerate(("RL", "SFT")):
+                r = next((r for r in rows if r["study"] == study and r["method"] == method), None)
+                if r is not None and r.get(f"{what} median") is not None:
+                    ax.plot([dx], [r[f"{what} median"]], marker, color=f"C{c}", ms=10 if marker == "*" else 7, mfc="none",
+                            label=f"{method}, {label} (k = 0)")
+        ax.set(xlabel="scratchpad length k (tokens)", ylabel=f"median {what} R$^2$", ylim=(0, 1), xticks=ks,
+               title=f"({'ab'[what == 'token']}) {what} linearity")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left" if what == "weight" else "upper right")
+    for c, method in enumerate(("RL", "SFT")):
+        axes[2].plot(ks, line(method, "snr rms"), "o-", color=f"C{c}", label=f"{method}: RMS over coordinates")
+        axes[2].plot(ks, line(method, "snr median"), "o--", color=f"C{c}", mfc="none", label=f"{method}: median")
+        axes[3].plot(line(method, "theory median"), nan(line(method, "weight median")), "o", color=f"C{c}", label=method)
+        for k, x, y in zip(ks, line(method, "theory median"), nan(line(method, "weight median"))):
+            axes[3].annotate(f"k={k}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    axes[2].set(xlabel="scratchpad length k (tokens)", ylabel="gradient SNR per step", xticks=ks,
+                title="(c) per-coordinate gradient SNR at the start")
+    axes[2].set_ylim(bottom=0)
+    axes[2].grid(alpha=0.3)
+    axes[2].legend(fontsize=7)
+    axes[3].plot([0, 1], [0, 1], color="0.6", ls=":", lw=1)
+    axes[3].set(xlim=(0, 1), ylim=(0, 1), xlabel="theory median R$^2$ (constant drift, measured SNR)",
+                ylabel="measured median weight R$^2$", title="(d) low-pass theory vs measurement")
+    axes[3].grid(alpha=0.3)
+    axes[3].legend(fontsize=7)
+    fig.tight_layout()
+    return fig

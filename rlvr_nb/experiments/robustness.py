@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -123,6 +123,39 @@ def weight_r2_row(run_dir: str | Path, max_step: int | None = None, cfg: Lineari
     }
 
 
+def batch_gradient_moments(model, batch_losses: Callable[[torch.Generator], Sequence[torch.Tensor]], n_batches: int,
+                           seed: int = 0) -> list[dict]:
+    """Per-parameter moments, over n_batches batches, of the gradient of each loss that `batch_losses(gen)`
+    returns for one batch (all built on one graph, drawn from `gen`, seeded with `seed`).
+
+    Returns one {"mean": mean_b g_b [P], "var": sample variance of g_b [P], "meansq": mean_b g_b^2 [P],
+    "n": n_batches} per loss, float64; the model is in train mode meanwhile and left in the mode it came in.
+    """
+    if n_batches < 2:
+        raise ValueError(f"need n_batches >= 2, got {n_batches}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    gen = torch.Generator().manual_seed(seed)
+    sums = None
+    was_training = model.training
+    model.train()
+    for _ in range(n_batches):
+        losses = list(batch_losses(gen))
+        grads = []
+        for i, loss in enumerate(losses):
+            g = torch.autograd.grad(loss, params, retain_graph=i < len(losses) - 1, allow_unused=True)
+            grads.append(torch.cat([(torch.zeros_like(p) if x is None else x).reshape(-1)
+                                    for x, p in zip(g, params)]).double())  # [P]
+        batch = torch.stack([x for G in grads for x in (G, G * G)])  # [2 * losses, P]
+        sums = batch if sums is None else sums + batch
+    model.train(was_training)
+    out = []
+    for i in range(len(sums) // 2):
+        mean, meansq = sums[2 * i] / n_batches, sums[2 * i + 1] / n_batches
+        var = (meansq - mean**2).clamp(min=0) * (n_batches / (n_batches - 1))
+        out.append({"mean": mean.numpy(), "var": var.numpy(), "meansq": meansq.numpy(), "n": n_batches})
+    return out
+
+
 def gradient_moments(model, tokenizer, task: AdditionTask, batch_size: int, n_batches: int, seed: int = 0) -> dict:
     """Per-parameter moments of the SFT gradient at a fixed model, enough to give its SNR under every
     injected-noise setting at once (`injected_snr`).
@@ -136,27 +169,40 @@ def gradient_moments(model, tokenizer, task: AdditionTask, batch_size: int, n_ba
 
     if n_batches < 2 or batch_size < 1:
         raise ValueError(f"need n_batches >= 2 and batch_size >= 1, got {n_batches} and {batch_size}")
-    params = [p for p in model.parameters() if p.requires_grad]
-    gen = torch.Generator().manual_seed(seed)
-    sums = None
-    was_training = model.training
-    model.train()
-    for _ in range(n_batches):
+
+    def losses(gen: torch.Generator) -> list[torch.Tensor]:
         ids, target_mask, L = sequence_batch(tokenizer, task.sample_train(batch_size, gen))
         nll = token_nll(model, ids, L) * target_mask  # [B, N]
         signs = torch.randint(0, 2, nll.shape, generator=gen).to(nll.dtype) * 2 - 1  # [B, N], +-1
-        grads = []
-        for weights in (torch.ones_like(nll), signs):  # the plain loss, then the zero-signal loss
-            loss = (weights * nll).sum() / target_mask.sum()
-            g = torch.autograd.grad(loss, params, retain_graph=weights is not signs)
-            grads.append(torch.cat([x.reshape(-1) for x in g]).double())  # [P]
-        G, N = grads
-        batch = torch.stack([G, G * G, N * N])  # [3, P]
-        sums = batch if sums is None else sums + batch
-    model.train(was_training)
-    mean = sums[0] / n_batches
-    var = (sums[1] / n_batches - mean**2).clamp(min=0) * (n_batches / (n_batches - 1))
-    return {"mean": mean.numpy(), "var": var.numpy(), "noise_var": (sums[2] / n_batches).numpy(), "n": n_batches}
+        return [(weights * nll).sum() / target_mask.sum() for weights in (torch.ones_like(nll), signs)]
+
+    plain, noise = batch_gradient_moments(model, losses, n_batches, seed)  # the plain loss, the zero-signal loss
+    return {"mean": plain["mean"], "var": plain["var"], "noise_var": noise["meansq"], "n": n_batches}
+
+
+def gradient_snr(moments: dict, scale: float = 1.0, extra_var: np.ndarray | float = 0.0) -> np.ndarray:
+    """Per-parameter, per-step SNR of a stochastic gradient from its moments over n batches
+    (`batch_gradient_moments`): SNR_p = scale |E G_p| / sqrt(scale^2 Var G_p + extra_var_p), [P].
+
+    |E G_p|^2 is estimated without bias as mean_p^2 - var_p / n, clipped at 0 (a parameter whose drift is
+    below what n batches resolve, about SNR 1 / sqrt(n), reads 0). NaN for a parameter whose gradient was zero
+    in every batch (e.g. the embedding of a token that never occurs). `scale`, `extra_var`: see `injected_snr`.
+    """
+    signal2 = np.clip(moments["mean"] ** 2 - moments["var"] / moments["n"], 0.0, None)  # [P]
+    noise2 = scale * scale * moments["var"] + extra_var  # [P]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(noise2 > 0, scale * np.sqrt(signal2) / np.sqrt(np.where(noise2 > 0, noise2, 1.0)), np.nan)
+
+
+def rms_snr(moments: dict) -> float:
+    """sqrt(mean over parameters of SNR_p^2), SNR_p^2 = (mean_p^2 - var_p / n) / var_p unclipped: the typical
+    per-parameter SNR where most single ones are below what n batches resolve (their unbiased parts average out
+    over many parameters, where the median of the clipped `gradient_snr` reads 0). NaN when nothing varied."""
+    used = moments["var"] > 0
+    if not used.any():
+        return math.nan
+    snr2 = (moments["mean"][used] ** 2 - moments["var"][used] / moments["n"]) / moments["var"][used]
+    return float(math.sqrt(max(float(snr2.mean()), 0.0)))
 
 
 def injected_snr(moments: dict, snr_db: float | None, zero_signal: bool = False) -> np.ndarray:
@@ -165,18 +211,14 @@ def injected_snr(moments: dict, snr_db: float | None, zero_signal: bool = False)
     With token weights w_i = a + sigma eps_i (`lowpass.noise_amplitudes`) the gradient is a G + sigma N,
     and N has mean zero given the batch, so it is uncorrelated with G:
 
-        SNR_p = a |E G_p| / sqrt(a^2 Var G_p + sigma^2 Var N_p),
+        SNR_p = a |E G_p| / sqrt(a^2 Var G_p + sigma^2 Var N_p)
 
-    with |E G_p|^2 estimated without bias from n batches as mean_p^2 - var_p / n (clipped at 0). NaN for a
-    parameter whose gradient was zero in every batch (e.g. the embedding of a token that never occurs).
+    (`gradient_snr` with scale a and extra variance sigma^2 Var N_p).
     """
     from rlvr_nb.lowpass import noise_amplitudes
 
     a, sigma = noise_amplitudes(snr_db, zero_signal)
-    signal2 = np.clip(moments["mean"] ** 2 - moments["var"] / moments["n"], 0.0, None)  # [P]
-    noise2 = a * a * moments["var"] + sigma * sigma * moments["noise_var"]  # [P]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(noise2 > 0, a * np.sqrt(signal2) / np.sqrt(np.where(noise2 > 0, noise2, 1.0)), np.nan)
+    return gradient_snr(moments, a, sigma * sigma * moments["noise_var"])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -276,32 +318,77 @@ def settings_record(settings: Sequence[Setting]) -> list[dict]:
              "config": to_jsonable(s.config), "max_step": s.max_step} for s in settings]
 
 
-def save_table(path: str | Path, rows: Sequence[dict], settings: Sequence[Setting], note: str = "") -> Path:
-    """Write {"settings", "rows", "note"} as JSON; returns the path."""
-    return save_json_table(path, {"note": note, "settings": settings_record(settings), "rows": list(rows)})
+def save_table(path: str | Path, rows: Sequence[dict], settings: Sequence[Setting], note: str = "",
+               emb: EmbeddedConfig | None = None, extra: dict | None = None) -> Path:
+    """Write {"settings", "rows", "note", "embedded"} and any `extra` tables as JSON; returns the path."""
+    return save_json_table(path, {"note": note, "settings": settings_record(settings), "rows": list(rows),
+                                  "embedded": None if emb is None else to_jsonable(emb), **(extra or {})})
 
 
 def load_table(path: str | Path) -> dict:
-    """A table written by `save_table`: {"note", "settings", "rows"}."""
+    """A table written by `save_table`: {"note", "settings", "rows", "embedded", ...}."""
     return load_json_table(path, {"settings", "rows"}, "rlvr_nb.experiments.robustness.save_table",
                            "run the notebook at the cpu profile to compute it")
 
 
 def cached_rows(path: str | Path, settings: Sequence[Setting], emb: EmbeddedConfig, recompute: bool = False,
-                progress: bool = True, note: str = "") -> tuple[list[dict], str]:
-    """The sweep's rows from the cached table at `path` when it was computed from exactly these settings;
-    otherwise (missing, different settings, or recompute=True) computed with `sweep_rows` and written there.
+                progress: bool = True, note: str = "", extra: dict[str, Callable[[], list[dict]]] | None = None
+                ) -> tuple[dict, str]:
+    """The sweep's table from the cache at `path` when it was computed from exactly these settings, this embedded
+    model and holds every `extra` table; otherwise (missing, different, or recompute=True) computed with
+    `sweep_rows` (and each extra table by its function) and written there.
 
-    Returns (rows, "read from <path>" or "computed, written to <path>").
+    Returns (the table: "rows" and the extra tables by name, "read from <path>" or "computed, written to <path>").
     """
     path = Path(path)
+    extra = extra or {}
     if not recompute and path.is_file():
         data = load_table(path)
-        if data["settings"] == json.loads(json.dumps(settings_record(settings))):
-            return data["rows"], f"read from {path}"
+        if (data["settings"] == json.loads(json.dumps(settings_record(settings)))
+                and data.get("embedded") == json.loads(json.dumps(to_jsonable(emb))) and set(extra) <= set(data)):
+            return data, f"read from {path}"
     rows = sweep_rows(settings, emb, progress)
-    save_table(path, rows, settings, note)
-    return rows, f"computed, written to {path}"
+    save_table(path, rows, settings, note, emb, {name: compute() for name, compute in extra.items()})
+    return load_table(path), f"computed, written to {path}"
+
+
+def sgd_calibration_rows(base: RLConfig, lrs: Sequence[float], emb: EmbeddedConfig, steps: int = 100,
+                         progress: bool = True) -> list[dict]:
+    """How far and how well plain SGD moves the RL run in its first `steps` steps, at each learning rate, beside
+    AdamW at base's (read from base's own run): the relative weight change, the reward of the last 20 steps and
+    the held-out greedy accuracy at the start and at `steps` (what the SGD learning rate is chosen by)."""
+    if steps % base.ckpt_every:
+        raise ValueError(f"steps must be a multiple of ckpt_every={base.ckpt_every}, got {steps}")
+    runs = [("adamw", base.lr, base)] + [("sgd", lr, replace(base, steps=steps, optimizer="sgd", lr=lr)) for lr in lrs]
+    rows = []
+    for optimizer, lr, cfg in runs:
+        run = ensure_trajectory(cfg, emb, progress)
+        ckpts = dict(find_checkpoints(run))
+        rewards = [m["reward"] for m in read_metrics(run) if "reward" in m and steps - 20 < m["step"] <= steps]
+        rows.append({"optimizer": optimizer, "lr": lr, "steps": steps,
+                     "rel_change": round(relative_change(ckpts[0], ckpts[steps]), 4),
+                     "reward_last20": round(float(np.mean(rewards)), 4) if rewards else None,
+                     "acc_start": accuracy_at(run, 0)["greedy"], "acc_end": accuracy_at(run, steps)["greedy"],
+                     "run": run.name})
+    return rows
+
+
+def sgd_candidates(lr: float, factors: Sequence[float] = (0.3, 1.0, 3.0)) -> list[float]:
+    """The SGD learning rates `sgd_calibration_rows` tries around `lr` (3 significant digits)."""
+    return [float(f"{lr * f:.3g}") for f in factors]
+
+
+def largest_stable_lr(rows: Sequence[dict], max_drop: float = 0.05) -> float | None:
+    """The largest SGD learning rate of `sgd_calibration_rows` whose held-out greedy accuracy falls by at most
+    `max_drop` (the policy does not collapse); None when every rate collapses."""
+    ok = [r["lr"] for r in rows if r["optimizer"] == "sgd" and r["acc_end"] >= r["acc_start"] - max_drop]
+    return max(ok) if ok else None
+
+
+def low_coverage(rows: Sequence[dict], below: float = 0.5) -> list[dict]:
+    """Rows whose R^2 statistics cover less than `below` of the weights (the rest moved by less than the filters'
+    range), each with its `coverage` (active / total)."""
+    return [{**r, "coverage": r["active"] / r["total"]} for r in rows if r["total"] and r["active"] / r["total"] < below]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -352,47 +439,6 @@ def describe_snr_finding(rows: Sequence[dict], **kw) -> str:
 
 # --------------------------------------------------------------------------------------------------
 # Figures
-
-
-def plot_snr_sweep(rows: Sequence[dict], show_paper: bool = True) -> Figure:
-    """Figure 3 on our model: weight R^2 (mean and median of active parameters) against the injected SNR,
-    one panel per SFT learning rate, with plain SFT as dotted lines and the mean +/- std as a band.
-
-    show_paper: mark the paper's peak median and SFT baseline median (`paper.SNR_PEAK_MEDIAN`,
-    `paper.SNR_BASELINE_MEDIAN`) as grey lines.
-    """
-    cats = list(dict.fromkeys(r["category"] for r in rows))
-    fig, axes = plt.subplots(1, len(cats), figsize=(6.2 * len(cats), 4.3), squeeze=False, sharey=True)
-    for ax, cat in zip(axes[0], cats):
-        sweep = [r for r in rows if r["category"] == cat and r["label"] != "plain SFT"]
-        sweep.sort(key=lambda r: math.inf if r["zero_signal"] else -r["snr_db"])  # 10 dB ... -20 dB, zero signal
-        x = np.arange(len(sweep))
-        mean = np.array([r["mean"] for r in sweep], dtype=float)
-        std = np.array([r["std"] for r in sweep], dtype=float)
-        med = np.array([r["median"] for r in sweep], dtype=float)
-        ax.fill_between(x, mean - std, mean + std, color="C0", alpha=0.12, label="mean +/- std")
-        ax.plot(x, mean, "o-", color="C0", label="mean R$^2$ (active params)")
-        ax.plot(x, med, "s-", color="C1", label="median R$^2$ (active params)")
-        plain = next((r for r in rows if r["category"] == cat and r["label"] == "plain SFT"), None)
-        if plain is not None:
-            ax.axhline(plain["mean"], color="C0", ls=":", label=f"plain SFT mean {plain['mean']:.2f}")
-            ax.axhline(plain["median"], color="C1", ls=":", label=f"plain SFT median {plain['median']:.2f}")
-        if len(sweep):
-            i = int(np.nanargmax(med))
-            ax.annotate(f"peak median\n{sweep[i]['label']}, {med[i]:.3f}", (x[i], med[i]), xytext=(30, -45),
-                        textcoords="offset points", ha="left", fontsize=8, arrowprops={"arrowstyle": "->"})
-        if show_paper:
-            ax.axhline(paper.SNR_PEAK_MEDIAN, color="0.5", ls="--", lw=0.8,
-                       label=f"paper: peak median {paper.SNR_PEAK_MEDIAN}")
-            ax.axhline(paper.SNR_BASELINE_MEDIAN, color="0.5", ls="-.", lw=0.8,
-                       label=f"paper: SFT baseline median {paper.SNR_BASELINE_MEDIAN}")
-        ax.set_xticks(x, [r["label"].replace(" dB", "") if not r["zero_signal"] else "zero\nsignal" for r in sweep])
-        ax.set(xlabel="injected SNR (dB)", title=cat, ylim=(0, 1))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower left")
-    axes[0, 0].set_ylabel("weight R$^2$")
-    fig.tight_layout()
-    return fig
 
 
 def plot_robustness(rows: Sequence[dict], threshold: float = paper.R2_THRESHOLD) -> Figure:
