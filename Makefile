@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 KERNEL := rlvr-nb
 
-.PHONY: setup kernel run readme test lab unit notebooks-smoke bench sync clean
+.PHONY: setup kernel run reproduce readme test lab unit notebooks-smoke bench sync clean
 
 # One-time set-up: venv, CPU PyTorch (pinned), the package with its test and lab extras (pytest, playwright;
 # JupyterLab beside the widget front end), then the Jupyter kernel.
@@ -29,6 +29,20 @@ setup: $(VENV)/.installed kernel
 run: setup
 	$(PY) -m rlvr_nb.notebook.pretrain --profile cpu --jobs 2
 	$(PY) -m rlvr_nb.notebook.run --profile cpu; status=$$?; $(PY) -m rlvr_nb.notebook.overview --readme && exit $$status
+
+# Everything `make run` reads from a committed table, recomputed and rewritten (notebooks/data/*.json), then the
+# notebooks that read them: 02's seed table and tuning sweep, 04's robustness grid and mechanism sweep, 06's
+# re-grounding runs. Hours on 2 cores (the sweep alone trained for ~4 h; see the README).
+reproduce: setup
+	$(PY) -m rlvr_nb.notebook.pretrain --profile cpu --jobs 2
+	$(PY) -m rlvr_nb.notebook.run --profile cpu --only 01
+	$(PY) -m rlvr_nb.notebook.run --profile cpu --only 02 -p recompute_seeds True -p run_sweep True
+	$(PY) -m rlvr_nb.notebook.run --profile cpu --only 03
+	$(PY) -m rlvr_nb.notebook.run --profile cpu --only 04 -p compute_robustness True -p recompute_mechanism True
+	$(PY) -m rlvr_nb.notebook.run --profile cpu --only 05
+	$(PY) -m rlvr_nb.notebook.run --profile cpu --only 06 -p recompute_regrounding True
+	$(PY) -m rlvr_nb.notebook.run --profile cpu --only 00
+	$(PY) -m rlvr_nb.notebook.overview --readme
 
 # The README's findings section, generated from papermill_runs/cpu/findings/.
 readme: setup
