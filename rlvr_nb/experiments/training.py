@@ -69,7 +69,7 @@ def plot_training(runs: Mapping[str, str | Path], window: int = 20) -> plt.Figur
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    axes[2].set_ylim(bottom=0)  # from zero: the embedded task's answers have a fixed length, a tiny wobble stays tiny
+    axes[2].set_ylim(0, 1.15 * axes[2].get_ylim()[1])  # from zero: a fixed-length answer's tiny wobble stays tiny
     if axes[1].get_legend_handles_labels()[0]:
         axes[1].legend(fontsize=8)
     else:  # verl runs log none

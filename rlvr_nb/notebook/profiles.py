@@ -44,8 +44,10 @@ EMBEDDED: dict[str, EmbeddedConfig] = {
 # The embedded RL trajectory per profile: 01 trains it, 02, 03, 05 and 06 read it (06's standard-RL seeds are its
 # seeds; seeds 1 and 2 are also 02/03's seed study); 04's sweeps at `cpu` vary CHEAP_RL below. GRPO,
 # AdamW, clip 0.2/0.28, token-mean loss, no KL: the paper's recipe at tiny scale. The `cpu` size (128 prompts x 16
-# rollouts, lr 5e-5, 1200 steps) is the last row of 02's tuning sweep: token log-prob R^2 needs a long run, weight
-# R^2 slowly falls with run length, and only the largest batch tried leaves a window where both pass.
+# rollouts, lr 5e-5, 1200 steps) is the last row of 02's tuning sweep, made with the previous embedded model
+# (4 heads of 16): token log-prob R^2 needed a long run, weight R^2 slowly fell with run length, and only the
+# largest batch left a window where both passed. On the current model 02's seed table and its windows say how
+# it fares.
 RL_RUNS: dict[str, RLConfig] = {
     "smoke": RLConfig(steps=40, prompts_per_step=8, group_size=8, lr=1e-4, ckpt_every=10, eval_problems=64),
     "cpu": RLConfig(steps=1200, prompts_per_step=128, group_size=16, lr=5e-5, ckpt_every=50, eval_problems=256),
