@@ -1,6 +1,6 @@
 """The `rlvr-nb` command, for people who never open a notebook.
 
-    rlvr-nb linearity RUN_DIR [--base DIR] [--out DIR] [--json] [--layout {rlvr-nb,hf,verl}]
+    rlvr-nb linearity RUN_DIR [--base DIR] [--out DIR] [--json] [--no-figures] [--layout {rlvr-nb,hf,verl}]
     rlvr-nb watch RUN_DIR [--once] [--layout ...]
 
 Bad input (a missing or unreadable file, a corrupt checkpoint, NaN weights, ...) is one line on stderr
@@ -67,6 +67,7 @@ def linearity_parser() -> argparse.ArgumentParser:
     p.add_argument("--responses-per-prompt", type=int, default=8, help="probe responses per prompt")
     p.add_argument("--max-new-tokens", type=int, default=64, help="longest probe response")
     p.add_argument("--min-change", type=float, default=0.2, help="keep tokens whose log-prob moved more than this")
+    p.add_argument("--no-figures", action="store_true", help="write linearity.json only (no PNG figures; faster)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -85,17 +86,10 @@ def linearity_main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_linearity(args: argparse.Namespace) -> dict:
-    """Measure, write figures and linearity.json to --out, and return the report."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from rlvr_nb import figures
+    """Measure, write figures (unless --no-figures) and linearity.json to --out, and return the report.
+    transformers (token log-probs) and matplotlib (figures) are imported only when they are used."""
     from rlvr_nb.checkpoint_writes import refuse_overlap, write_json
     from rlvr_nb.linearity import LinearityConfig, weight_linearity
-    from rlvr_nb.logprobs import (ProbeConfig, check_probes, load_probes, probes_from_first_checkpoint, save_probes,
-                                  token_linearity, tokenizer_dir, vocab_size)
     from rlvr_nb.trajectory import load_trajectory
 
     progress = not args.no_progress
@@ -104,19 +98,24 @@ def run_linearity(args: argparse.Namespace) -> dict:
     if args.probes and args.prompts:
         raise ValueError("give --probes or --prompts, not both")
     traj = load_trajectory(run_dir, args.base, layout=args.layout, progress=progress)
-    names = ["weight_r2_hist.png", "weight_r2_module_layer.png", "weight_examples.png", "linearity.json"]
-    if args.probes or args.prompts:
-        names += ["token_r2_hist.png", "token_examples.png"] + (["probes.jsonl"] if args.prompts else [])
+    tokens = bool(args.probes or args.prompts)
+    names = ["linearity.json"] + (["probes.jsonl"] if args.prompts else [])
+    if not args.no_figures:
+        names += ["weight_r2_hist.png", "weight_r2_module_layer.png", "weight_examples.png"]
+        names += ["token_r2_hist.png", "token_examples.png"] if tokens else []
     # before any weight is read: no output may be, or lie inside, a checkpoint of the run
     targets = [(out / n, "output") for n in names] + ([(Path(args.save_r2), "--save-r2")] if args.save_r2 else [])
     for target, what in targets:
         refuse_overlap(target, traj.dirs, what)
-    token_traj = traj if not args.skip_first else traj.without_first(args.skip_first)
     probes = prompts = None
     if args.probes:  # checked now, not after the weight pass
+        from rlvr_nb.logprobs import check_probes, load_probes, vocab_size
+
         probes = load_probes(args.probes)
         check_probes(probes, vocab_size(traj.dirs[0]), traj.dirs[0])
     elif args.prompts:
+        from rlvr_nb.logprobs import tokenizer_dir
+
         prompts = [line for line in Path(args.prompts).read_text().splitlines() if line.strip()]
         if not prompts:
             raise ValueError(f"--prompts {args.prompts} holds no prompt (no non-empty line)")
@@ -127,34 +126,51 @@ def run_linearity(args: argparse.Namespace) -> dict:
     report = res.to_dict()
     report["table"] = res.table()
     tok = None
-    if prompts is not None:
-        pcfg = ProbeConfig(responses_per_prompt=args.responses_per_prompt, max_new_tokens=args.max_new_tokens)
-        probes = probes_from_first_checkpoint(traj, prompts, pcfg, progress=progress)
-    if probes is not None:
+    written = []
+    if tokens:
+        from rlvr_nb.logprobs import ProbeConfig, probes_from_first_checkpoint, save_probes, token_linearity
+
+        if prompts is not None:
+            pcfg = ProbeConfig(responses_per_prompt=args.responses_per_prompt, max_new_tokens=args.max_new_tokens)
+            probes = probes_from_first_checkpoint(traj, prompts, pcfg, progress=progress)
+        token_traj = traj if not args.skip_first else traj.without_first(args.skip_first)
         tok = token_linearity(token_traj, probes, min_change=args.min_change, progress=progress)
         report["token_logprob"] = tok.to_dict()
         report["table"] += "\n" + token_table(tok)
     # everything is measured: the outputs now (figures, then linearity.json)
-    written = [
-        figures.save_figure(figures.plot_r2_histograms({run_dir.name: res.overall}), "weight_r2_hist", out),
-        figures.save_figure(figures.plot_module_layer_heatmap({run_dir.name: res.per_module_layer}),
-                            "weight_r2_module_layer", out),
-        figures.save_figure(figures.plot_example_trajectories(res.examples, res.steps), "weight_examples", out),
-    ]
+    label = run_dir.name
+    if not args.no_figures:
+        written += save_figures(out, [(lambda f: f.plot_r2_histograms({label: res.overall}), "weight_r2_hist"),
+                                      (lambda f: f.plot_module_layer_heatmap({label: res.per_module_layer}),
+                                       "weight_r2_module_layer"),
+                                      (lambda f: f.plot_example_trajectories(res.examples, res.steps),
+                                       "weight_examples")])
     if prompts is not None:
         written.append(save_probes(probes, out / "probes.jsonl", inputs=traj.dirs))
-    if tok is not None:
-        written += [
-            figures.save_figure(figures.plot_r2_histograms({run_dir.name: tok.overall}, "token log-prob R$^2$"),
-                                "token_r2_hist", out),
-            figures.save_figure(figures.plot_example_trajectories(tok.examples, tok.steps, "log-prob"),
-                                "token_examples", out),
-        ]
-    plt.close("all")
+    if tok is not None and not args.no_figures:
+        written += save_figures(out, [(lambda f: f.plot_r2_histograms({label: tok.overall}, "token log-prob R$^2$"),
+                                       "token_r2_hist"),
+                                      (lambda f: f.plot_example_trajectories(tok.examples, tok.steps, "log-prob"),
+                                       "token_examples")])
     write_json(out / "linearity.json", {k: v for k, v in report.items() if k != "table"}, traj.dirs)
     report["written"] = [str(p) for p in written + [out / "linearity.json"]]
     report["table"] += f"\nwrote {len(report['written'])} files to {out}"
     return report
+
+
+def save_figures(out: Path, plots: list) -> list[Path]:
+    """Each (plot, name) of `plots` as out/<name>.png, where plot(rlvr_nb.figures) draws the figure
+    (matplotlib is imported here, the first time a figure is wanted)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rlvr_nb import figures
+
+    written = [figures.save_figure(plot(figures), name, out) for plot, name in plots]
+    plt.close("all")
+    return written
 
 
 def watch_main(argv: Sequence[str] | None = None) -> int:

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from rlvr_nb.checkpoint_writes import SafetensorsWriter
 from rlvr_nb.streaming import (HIST_BINS, ChunkAccumulator, as_float, centred_steps, chunk_spans, chunk_stats,
-                               histogram_median, kernel_bits, middle_values)
+                               histogram_median, kept_columns, kernel_bits, middle_values)
 from rlvr_nb.trajectory import MappedReader, Rows, Trajectory, raise_nonfinite
 
 
@@ -376,13 +376,14 @@ def weight_linearity(
     bar = tqdm(total=sum(i.numel for i in analysed.values()), desc="weight R^2", unit="param", unit_scale=True,
                disable=not progress)
     try:
-        # maps the next chunk while this one is computed (page faults, no copy)
-        with ThreadPoolExecutor(max_workers=1) as reader, MappedReader(traj) as mapped:
+        # maps the next chunk while this one is computed (no copy); takes a chunk's examples and writes its
+        # R^2 while the next one is computed
+        with ThreadPoolExecutor(1) as reader, MappedReader(traj) as mapped, ThreadPoolExecutor(1) as post:
             out = r2_buffers(cfg)  # reused by every chunk: fresh arrays would page-fault each time
             for name in analysed:
                 bar.set_postfix_str(name[-40:], refresh=False)
-                per_tensor[name] = tensor_pass(traj, name, cfg, steps, acc, reader, writer, pool, rng, bar, mapped,
-                                               out)
+                per_tensor[name] = tensor_pass(traj, name, cfg, steps, acc, (reader, post), writer, pool, rng, bar,
+                                               mapped, out)
         ok = True
     finally:
         bar.close()
@@ -402,49 +403,66 @@ def weight_linearity(
 
 
 def tensor_pass(traj: Trajectory, name: str, cfg: LinearityConfig, steps: list[int], acc: ChunkAccumulator,
-                reader: ThreadPoolExecutor, writer: "SafetensorsWriter | None", pool: list[Example],
-                rng: np.random.Generator, bar, mapped: MappedReader | None = None,
+                workers: tuple[ThreadPoolExecutor, ThreadPoolExecutor], writer: "SafetensorsWriter | None",
+                pool: list[Example], rng: np.random.Generator, bar, mapped: MappedReader | None = None,
                 out: tuple[np.ndarray, np.ndarray] | None = None) -> R2Summary:
     """One tensor, chunk by chunk: R^2 of its entries (all or sampled), its summary, a few examples.
-    Chunks are views of the mapped files when `mapped` serves this tensor, else copies (`Trajectory.read`);
-    R^2 and slopes go to the buffers `out` (`r2_buffers`), a small tensor's R^2 one after the other for
-    its exact median."""
+    Chunks are views of the mapped files when `mapped` serves this tensor, else copies (`Trajectory.read`),
+    read ahead by workers[0]; workers[1] takes a chunk's examples and writes its R^2 while the kernel
+    computes the next. R^2 and slopes go to the buffers `out` (`r2_buffers`), alternating between two
+    halves, a small tensor's R^2 one after the other for its exact median."""
     info = traj.tensors[name]
     idx = sample_indices(name, info.numel, cfg)
     spans = chunk_spans(info.numel, idx, cfg.chunk_elems)
     r2_buf, slope_buf = out if out is not None else r2_buffers(cfg)
     small = info.numel <= EXACT_MEDIAN_MAX
     read = mapped.rows if mapped is not None and mapped.serves(name) else traj.read
-    pending = reader.submit(read, name, *spans[0][:2])
+    pending = workers[0].submit(read, name, *spans[0][:2])
+    posts: list = []  # the chunks whose examples and R^2 are being taken, oldest first
     filled = 0  # R^2 values of this tensor in r2_buf (small tensors)
     for k, (start, stop, cols) in enumerate(spans):
         raw = pending.result()  # [T, stop - start]: an array or T mapped rows
         if k + 1 < len(spans):
-            pending = reader.submit(read, name, *spans[k + 1][:2])
+            pending = workers[0].submit(read, name, *spans[k + 1][:2])
         values = raw if cols is None else np.ascontiguousarray(raw[:, cols])  # [T, n]
         n = values.shape[1]
-        at = filled if small else 0
+        half = (k % 2) * cfg.chunk_elems
+        at = filled if small else half
+        if len(posts) == 2:
+            posts.pop(0).result()  # done with the buffers this chunk reuses
         r2, slope = chunk_stats(kernel_bits(values), steps, acc, min_range=cfg.min_range,
                                 min_distinct=cfg.min_distinct, threshold=cfg.threshold, gram=cfg.drift,
-                                out=(r2_buf[at:at + n], slope_buf[:n]))  # [n]
+                                out=(r2_buf[at:at + n], slope_buf[half:half + n]))  # [n]
         filled += n
         if acc.acc[:, 3].sum() > 0:
             raise_nonfinite(traj, name, ~np.isfinite(as_float(values)))
-        if writer is not None:
-            writer.write(np.ascontiguousarray(r2, np.float32))
-        keep_examples(pool, name, values, r2, slope, start, cols, rng)
-        if isinstance(raw, Rows):
-            mapped.release(name, start, stop)  # bounded memory: drop the chunk's pages from our resident set
-        bar.update(stop - start)
+        posts.append(workers[1].submit(finish_chunk, name, values, r2, slope, (start, stop, cols), rng, pool,
+                                       writer, mapped if isinstance(raw, Rows) else None, bar, acc.block_kept))
+    for post in posts:
+        post.result()
     bar.update(info.numel - sum(stop - start for start, stop, _ in spans))  # entries not sampled
     hist, a = acc.take_counts()
     middle = middle_values([r2_buf[:filled]], hist) if small else None
     return summary_from_counts(hist, info.numel if idx is None else idx.size, a[1], int(a[2]), middle)
 
 
+def finish_chunk(name: str, values, r2: np.ndarray, slope: np.ndarray, span: tuple, rng: np.random.Generator,
+                 pool: list[Example], writer: "SafetensorsWriter | None", mapped: MappedReader | None, bar,
+                 block_kept: np.ndarray) -> None:
+    """After the kernel: the chunk's R^2 to the --save-r2 file, a few examples to the pool, its mapped pages
+    released (bounded memory: they leave our resident set)."""
+    start, stop, cols = span
+    if writer is not None:
+        writer.write(r2)
+    keep_examples(pool, name, values, r2, slope, start, cols, rng, block_kept=block_kept)
+    if mapped is not None:
+        mapped.release(name, start, stop)
+    bar.update(stop - start)
+
+
 def r2_buffers(cfg: LinearityConfig) -> tuple[np.ndarray, np.ndarray]:
-    """float32 buffers for `tensor_pass`: R^2 of a whole small tensor or of one chunk, slopes of one chunk."""
-    return np.empty(max(EXACT_MEDIAN_MAX, cfg.chunk_elems), np.float32), np.empty(cfg.chunk_elems, np.float32)
+    """float32 buffers for `tensor_pass`: R^2 of a whole small tensor or of two chunks, slopes of two chunks."""
+    return np.empty(max(EXACT_MEDIAN_MAX, 2 * cfg.chunk_elems), np.float32), np.empty(2 * cfg.chunk_elems, np.float32)
 
 
 def group_by(summaries: dict, key) -> dict:
@@ -456,12 +474,15 @@ def group_by(summaries: dict, key) -> dict:
 
 
 def keep_examples(reservoir: list[Example], name: str, values: np.ndarray, r2: np.ndarray, slope: np.ndarray,
-                  start: int, cols: np.ndarray | None, rng: np.random.Generator, per_chunk: int = 4) -> None:
-    """Add a few random kept trajectories of this chunk to the pool examples are chosen from."""
-    kept = np.flatnonzero(np.isfinite(r2))
-    if kept.size == 0:
+                  start: int, cols: np.ndarray | None, rng: np.random.Generator, per_chunk: int = 4,
+                  block_kept: np.ndarray | None = None) -> None:
+    """Add a few random kept trajectories of this chunk to the pool examples are chosen from (with the
+    kernel's kept count per block, `streaming.kept_columns` finds them without listing every kept one)."""
+    n_kept = int(block_kept.sum()) if block_kept is not None else int((~np.isnan(r2)).sum())
+    if min(per_chunk, n_kept) == 0:
         return
-    for j in rng.choice(kept, size=min(per_chunk, kept.size), replace=False):
+    ranks = rng.choice(n_kept, size=min(per_chunk, n_kept), replace=False)  # the draw of rng.choice(kept, ...)
+    for j in kept_columns(r2, ranks, block_kept):
         index = start + (int(j) if cols is None else int(cols[j]))
         reservoir.append(Example(name, index, float(r2[j]), float(slope[j]), as_float(values[:, j:j + 1])[:, 0]))
 
