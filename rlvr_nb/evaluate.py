@@ -229,11 +229,13 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float]
 
 @dataclass(frozen=True)
 class PairedDifference:
-    """avg@k of a minus avg@k of b on the same questions, with a confidence interval over questions."""
+    """avg@k of a minus avg@k of b on the same questions, with a confidence interval over questions; with
+    unit "%" the relative difference 100 (a / b - 1) (`relative_difference`)."""
 
     diff: float
     ci_low: float
     ci_high: float
+    unit: str = ""
 
     @property
     def verdict(self) -> str:
@@ -241,6 +243,8 @@ class PairedDifference:
         return "beats" if self.ci_low > 0 else "below" if self.ci_high < 0 else "matches"
 
     def __str__(self) -> str:
+        if self.unit == "%":
+            return f"{self.diff:+.1f}% [{self.ci_low:+.1f}%, {self.ci_high:+.1f}%]"
         return f"{self.diff:+.3f} [{self.ci_low:+.3f}, {self.ci_high:+.3f}]"
 
 
@@ -253,6 +257,22 @@ def paired_difference(a: EvalResult, b: EvalResult, level: float = 0.95) -> Pair
         raise ValueError(f"a paired comparison needs the same non-empty question set; got {qa.size} and {qb.size} questions")
     m, half = _normal_interval(qa - qb, level)
     return PairedDifference(m, m - half, m + half)
+
+
+def relative_difference(pairs: Sequence[tuple[EvalResult, EvalResult]], level: float = 0.95) -> PairedDifference:
+    """Mean over (a, b) pairs of 100 (avg@k of a / avg@k of b - 1), in percent (how the paper reports Table 1),
+    with a paired interval over the questions all pairs share (delta method: question q contributes the pairs'
+    mean of 100 (a_q - R b_q) / avg_b, R = avg_a / avg_b)."""
+    qs = [(np.asarray(a.per_question, float), np.asarray(b.per_question, float)) for a, b in pairs]  # [Q] each
+    if not qs or len({q.size for pair in qs for q in pair}) != 1 or qs[0][0].size == 0:
+        raise ValueError(f"a relative difference needs pairs scored on the same non-empty question set; got "
+                         f"{[(qa.size, qb.size) for qa, qb in qs]} questions")
+    if min(qb.mean() for _, qb in qs) <= 0:
+        raise ValueError("a relative difference needs every baseline b to have avg@k > 0")
+    r = [qa.mean() / qb.mean() for qa, qb in qs]
+    _, half = _normal_interval(np.mean([100 * (qa - ri * qb) / qb.mean() for (qa, qb), ri in zip(qs, r)], axis=0), level)
+    m = float(np.mean([100 * (ri - 1) for ri in r]))
+    return PairedDifference(m, m - half, m + half, "%")
 
 
 def default_pass_ks(k: int) -> list[int]:

@@ -41,10 +41,10 @@ Design decisions (each measured or stated in notebooks/06_rl_extra):
   file renamed over it, `rlvr_nb.checkpoint_writes.write_text`) after each block's extrapolation. An
   interrupted run resumes after its last complete block, and inside the interrupted block from that
   block's last checkpoint (bit-for-bit the uninterrupted result).
-- A run is read at real step R in two ways (`rlvr_nb.experiments.rl_extra.models_at_real_steps`): its
-  newest model (at a block boundary the extrapolated model, which cost no real step) or its RL checkpoint
-  (at a boundary the block's end before the extrapolation). The first measures the extrapolation, the
-  second where re-grounding RL gets from it.
+- A run is read at real step R in two ways (`rlvr_nb.experiments.rl_extra.models_at_real_steps`; 06 reads
+  it at every block end, `models_at_block_ends`): its newest model (at a block boundary the extrapolated
+  model, which cost no real step) or its RL checkpoint (at a boundary the block's end before the
+  extrapolation). The first measures the extrapolation, the second where re-grounding RL gets from it.
 - R^2-guided horizon (ours, not the paper's, `horizon='r2'`): checkpoints every m / (r2_checkpoints - 1)
   steps inside each block give the block's median per-weight R^2 against the step
   (`rlvr_nb.linearity.weight_linearity`); the next block's n grows (x `grow`) while that R^2 stays at or
@@ -57,7 +57,7 @@ import json
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -153,12 +153,13 @@ def r2_for_drift_to_noise(drift_to_noise: float, n_checkpoints: int) -> float:
     return float(median_r2(drift_to_noise / math.sqrt(n_checkpoints - 1), n_checkpoints, 1))
 
 
-def steps_to_target(steps: Sequence[float], accuracy: Sequence[float], target: float, method: str = "interpolate") -> float:
+def steps_to_target(steps: Sequence[float], accuracy: Sequence[float], target: float, method: str = "first") -> float:
     """Real steps a curve needs to reach `target` accuracy; NaN when it never does.
 
-    first:       the first evaluated step whose accuracy is >= target (first crossing);
+    first:       the first evaluated step whose accuracy is >= target (first crossing): the step of a model
+                 that was evaluated, which is how 06 reads a run evaluated at every block end;
     interpolate: the step where the straight line between that point and the one before it crosses target
-                 (so a curve evaluated every 50 steps is not rounded up to the next multiple of 50).
+                 (a crossing between two evaluations, of a model nobody evaluated).
     """
     if method not in SPEEDUP_METHODS:
         raise ValueError(f"method must be one of {SPEEDUP_METHODS}, got {method!r}")
@@ -178,10 +179,26 @@ def steps_to_target(steps: Sequence[float], accuracy: Sequence[float], target: f
 
 def speedup(std_steps: float, rg_steps: float) -> float:
     """PAPER.md Sec. 6, Figure 6: speed-up = standard-RL real steps / re-grounding real steps to the target
-    (NaN when either never reaches it)."""
-    if math.isnan(std_steps) or math.isnan(rg_steps):
+    (NaN when either never reaches it, or when both start at it: a target not above the start measures nothing)."""
+    if math.isnan(std_steps) or math.isnan(rg_steps) or std_steps == rg_steps == 0:
         return math.nan
     return math.inf if rg_steps == 0 else std_steps / rg_steps
+
+
+def seed_bootstrap(statistic: Callable[[np.ndarray], float], n_seeds: int, level: float = 0.95, n_boot: int = 2000,
+                   seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval over seeds: `statistic(idx)` of n_boot draws of n_seeds seed indices [n_seeds]
+    taken with replacement (numpy generator seeded by `seed`, so the interval is reproducible). Draws whose
+    statistic is NaN are left out; (NaN, NaN) when all are. With one seed the interval is its value."""
+    if n_seeds < 1 or n_boot < 1 or not 0 < level < 1:
+        raise ValueError(f"need n_seeds >= 1, n_boot >= 1 and 0 < level < 1, got {n_seeds}, {n_boot}, {level}")
+    draws = np.random.default_rng(seed).integers(0, n_seeds, size=(n_boot, n_seeds))  # [n_boot, n_seeds]
+    values = np.array([statistic(d) for d in draws], np.float64)
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        return math.nan, math.nan
+    lo, hi = np.percentile(values, [50 * (1 - level), 50 * (1 + level)])
+    return float(lo), float(hi)
 
 
 def accuracy_at_budgets(steps: Sequence[float], accuracy: Sequence[float], budgets: Sequence[float]) -> np.ndarray:

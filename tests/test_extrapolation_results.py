@@ -1,21 +1,25 @@
 """Sec. 6 read off: finding (e) from a Figure 5 curve (peak, rise, fall, vs RL at the same step), Table 1 rows
 and the late-stage decline, the distance plot, and a tiny end-to-end run."""
 
+import ast
 import json
 import math
+import re
+from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pytest
 import torch
 
-from rlvr_nb.evaluate import EvalConfig, EvalResult, mean_ci
+from rlvr_nb.evaluate import EvalConfig, EvalResult, mean_ci, paired_difference, relative_difference
 from rlvr_nb.experiments.extrapolation_results import (
-    accuracy_grid, late_stage_decline, logits_extrapolation_rows, plot_distance, plot_extrapolation_curves,
-    rl_accuracy, summarize_extrapolation, weight_extrapolation_curves,
+    LogitsRow, accuracy_grid, late_stage_decline, logits_comparison, logits_extrapolation_rows, plot_distance,
+    plot_extrapolation_curves, rl_accuracy, summarize_extrapolation, weight_extrapolation_curves,
 )
 from rlvr_nb.motion import distance, segment_cosine
 from rlvr_nb.models import ModelConfig, build_model, build_tokenizer
@@ -147,16 +151,91 @@ def test_curves_and_table_end_to_end(tmp_path, line_run):
                                      cache_dir=tmp_path / "cache", progress=False)
     (row,) = rows
     assert row.t_target == 25.0 and row.rl_target is None and row.rl_same_step is rl[0.6][20]
-    assert "not a checkpoint" in row.as_dict(last_step=40)["RL at target"]
+    assert "not a checkpoint" in row.as_dict(last_step=40)["RL at target (the paper's comparison)"]
     (row,) = logits_extrapolation_rows(ckpts, [(20, 30)], 2.0, [(0.6, 0.95)], problems, cfg, rl,
                                        cache_dir=tmp_path / "cache", progress=False)
     assert row.t_target == 40.0 and row.rl_target is rl[0.6][40] and row.vs_target is not None
     (row,) = logits_extrapolation_rows(ckpts, [(20, 40)], 1.5, [(0.6, 0.95)], problems, cfg, rl,
                                        cache_dir=tmp_path / "cache", progress=False)
-    assert "beyond the run" in row.as_dict(last_step=40)["RL at target"]
+    assert "beyond the run" in row.as_dict(last_step=40)["RL at target (the paper's comparison)"]
     with pytest.raises(ValueError, match="no checkpoint at step"):
         logits_extrapolation_rows(ckpts, [(0, 15)], 1.5, [(0.6, 0.95)], problems, cfg, rl, progress=False)
     with pytest.raises(ValueError, match="no RL evaluation at temperature"):
         logits_extrapolation_rows(ckpts, [(0, 10)], 1.5, [(1.0, 1.0)], problems, cfg, rl, progress=False)
     with pytest.raises(ValueError, match="after t_base"):
         weight_extrapolation_curves(ckpts, 20, [10], [1.5], tmp_path / "extra", problems, cfg, progress=False)
+
+
+# ---------------------------------------------------------------------------------------------------- finding (g)
+
+
+def test_relative_difference_in_percent_with_a_paired_interval():
+    a, b = shifted(BASE_Q, 0.1), result(BASE_Q)
+    one = relative_difference([(a, b)])
+    assert one.unit == "%" and one.diff == pytest.approx(100 * (a.avg_at_k / b.avg_at_k - 1))
+    assert one.ci_low < one.diff < one.ci_high and one.verdict == "beats" and str(one).startswith(f"{one.diff:+.1f}% [")
+    # the delta-method interval is the width a bootstrap over the (paired) questions finds
+    qa, qb = np.array(a.per_question), np.array(b.per_question)
+    idx = np.random.default_rng(0).integers(0, qa.size, size=(4000, qa.size))
+    boot = 100 * (qa[idx].mean(1) / qb[idx].mean(1) - 1)
+    assert one.ci_high - one.ci_low == pytest.approx(np.diff(np.percentile(boot, [2.5, 97.5]))[0], rel=0.15)
+    # a constant ratio on every question has no spread: a zero-width interval
+    c = result([0.8 * q for q in BASE_Q])
+    flat = relative_difference([(c, b)])
+    assert flat.diff == pytest.approx(-20.0) and flat.ci_high - flat.ci_low == pytest.approx(0.0, abs=1e-9)
+    two = relative_difference([(a, b), (c, b)])
+    assert two.diff == pytest.approx((one.diff + flat.diff) / 2)  # the mean over pairs, as the paper averages
+    with pytest.raises(ValueError, match="same non-empty question set"):
+        relative_difference([(a, result(BASE_Q[:10]))])
+    with pytest.raises(ValueError, match="avg@k > 0"):
+        relative_difference([(a, result([0.0] * 100))])
+    with pytest.raises(ValueError, match="same non-empty question set"):
+        relative_difference([])
+
+
+def logits_row(extra, second, target, temperature=0.6):
+    return LogitsRow(temperature, 0.95, 0, 200, 1.5, 300.0, extra, second, paired_difference(extra, second),
+                     target, paired_difference(extra, target) if target else None)
+
+
+def test_logits_comparison_against_the_target_step_and_t1():
+    """Finding (g) is read against RL at the target step (the paper's comparison) and at t_1, each in percent with
+    a paired interval: here extrapolation beats RL at t_1 but is below RL at the target."""
+    second, extra, target = result(BASE_Q), shifted(BASE_Q, 0.1), shifted(BASE_Q, 0.2)
+    rows = [logits_row(extra, second, target), logits_row(extra, second, None),  # target beyond the run
+            logits_row(extra, second, target, temperature=1.0)]
+    rel_t, beats_t, n_t = logits_comparison(rows, 0.6, "target")
+    rel_s, beats_s, n_s = logits_comparison(rows, 0.6, "second")
+    assert (beats_t, n_t) == (0, 1) and rel_t.verdict == "below" and rel_t.diff < 0
+    assert (beats_s, n_s) == (2, 2) and rel_s.verdict == "beats"
+    assert rel_t.diff == pytest.approx(rows[0].relative("target").diff)
+    assert logits_comparison(rows, 0.3, "target") == (None, 0, 0)
+    d = rows[0].as_dict(last_step=400)
+    assert d["extra vs RL at target"].startswith(f"{rel_t.diff:+.1f}%") and "RL at target (the paper's comparison)" in d
+    assert rows[1].relative("target") is None and rows[1].as_dict(400)["extra vs RL at target"] == "–"
+    with pytest.raises(ValueError, match="against must be one of"):
+        logits_comparison(rows, 0.6, "same")
+
+
+# ---------------------------------------------------------------------------------------------------- knob comments
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU_COMMENT = re.compile(r"\(cpu (.*?)(?:, [A-Za-z][^()]*)?\)\s*$")
+
+
+@pytest.mark.parametrize("name", ["05_extrapolation", "06_rl_extra"])
+def test_knob_comments_state_the_cpu_profile(name):
+    """Every knob comment "(cpu X)" of the parameters cell says the value the profile table has."""
+    from rlvr_nb.notebook import profiles
+
+    text = (ROOT / "notebooks" / f"{name}.py").read_text()
+    cell = text.split('# %% tags=["parameters"]\n', 1)[1].split("\n# %%", 1)[0]
+    table, checked = profiles.PARAMS[name]["cpu"], 0
+    for line in cell.splitlines():
+        knob, _, comment = line.partition("  # ")
+        key = knob.split(" = ")[0]
+        m = CPU_COMMENT.search(comment)
+        if key in table and m:
+            assert ast.literal_eval(m.group(1)) == table[key], f"{name}: {key} says cpu {m.group(1)}, the profile {table[key]!r}"
+            checked += 1
+    assert checked >= 10

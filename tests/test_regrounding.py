@@ -105,8 +105,8 @@ def test_steps_to_target_on_synthetic_curves():
     steps = np.arange(0, 501, 50.0)
     acc = 0.1 + 0.001 * steps  # linear: 0.3 at step 200, 0.325 at 225
     assert steps_to_target(steps, acc, 0.3) == pytest.approx(200)
-    assert steps_to_target(steps, acc, 0.325) == pytest.approx(225)
-    assert steps_to_target(steps, acc, 0.325, method="first") == 250
+    assert steps_to_target(steps, acc, 0.325) == 250  # the first evaluated step: no crossing is invented
+    assert steps_to_target(steps, acc, 0.325, method="interpolate") == pytest.approx(225)
     assert math.isnan(steps_to_target(steps, acc, 0.9))
     noisy = np.array([0.1, 0.35, 0.2, 0.4])  # first crossing, not the last
     assert steps_to_target([0, 1, 2, 3], noisy, 0.3, method="first") == 1
@@ -137,8 +137,8 @@ def test_accuracy_at_equal_budgets_and_table():
     std = {s: Curve(steps, steps, np.array([0.1, 0.2, 0.3]) + 0.01 * s) for s in (0, 1)}
     rg = {"(m, n)": {s: Curve(steps, 2 * steps, np.array([0.1, 0.3, 0.4]) + 0.01 * s) for s in (0, 1)}}
     rows = budget_rows(std, rg, [100, 200])
-    assert rows[0]["setting"] == "standard RL" and rows[1]["Δ@100"] == pytest.approx(0.1)
-    assert rows[1]["Δ@200"] == pytest.approx(0.1)
+    assert rows[0]["setting"] == "standard RL" and rows[1]["100 steps"] == "0.305 ± 0.005"
+    assert rows[1]["Δ@100"].startswith(f"{100 * (0.305 / 0.205 - 1):+.1f}%")  # seed means, in percent
 
 
 # ---------------------------------------------------------------------------------------------------- the loop
@@ -218,17 +218,161 @@ def test_block_checkpoints_and_r2_thresholds():
     assert 0.5 < r0 < 0.56 and r0 < r1 < r2 < 0.95  # pure random walk at 5 checkpoints: median R^2 ~0.53
 
 
-def test_speedup_summary_pivots_seeds():
-    from rlvr_nb.experiments.rl_extra import speedup_summary
+def test_speedup_summary_with_a_bootstrap_over_seeds():
+    from rlvr_nb.experiments.rl_extra import best_speedup, speedup_summary
 
-    f = lambda s: 0.6 - 0.4 * np.exp(-s / 300)  # noqa: E731
-    std_steps, rg_steps = np.arange(0, 1001, 50.0), np.arange(0, 401, 25.0)
-    std = {s: Curve(std_steps, std_steps, f(std_steps)) for s in (0, 1)}
-    rg = {"fast": {0: Curve(rg_steps, 2 * rg_steps, f(2 * rg_steps)), 1: Curve(rg_steps, rg_steps, f(0.5 * rg_steps))}}
-    (row,) = speedup_summary(speedup_rows(std, rg, target=0.45))
-    first, second = row["speed-up per seed"].split(" / ")
-    assert float(first) == pytest.approx(2.0, rel=0.03) and second.startswith("<")
-    assert row["median over seeds reaching it"] == pytest.approx(2.0, rel=0.03)
+    f = lambda s: 0.6 - 0.4 * np.exp(-s / 300)  # noqa: E731  reaches 0.45 at step 294
+    std_steps, rg_steps = np.arange(0, 1001, 50.0), np.arange(0, 201, 50.0)
+    std = {s: Curve(std_steps, std_steps, f(std_steps)) for s in (0, 1, 2)}
+    fast = {s: Curve(rg_steps, 2 * rg_steps, f(k * rg_steps)) for s, k in ((0, 2.0), (1, 3.0), (2, 6.0))}
+    slow = {0: Curve(rg_steps, rg_steps, f(rg_steps)), 1: Curve(rg_steps, rg_steps, f(2 * rg_steps)),
+            2: Curve(rg_steps, rg_steps, f(0.5 * rg_steps))}
+    ups = speedup_summary(std, {"fast": fast, "slow": slow}, target=0.45)
+    up, down = ups
+    # first crossings at evaluated steps: standard 300; fast seeds at 150 / 100 / 50
+    assert [up.per_seed[s] for s in (0, 1, 2)] == [2.0, 3.0, 6.0] and up.std_steps == {0: 300, 1: 300, 2: 300}
+    assert up.ci[0] >= 2.0 and up.ci[1] <= 6.0 and up.ci[0] < up.ci[1]  # resamples lie between the extreme seeds
+    assert up.passes(2.0) == [True, True, True] and up.passes(2.5) == [False, True, True]
+    assert up.row()["per seed"] == "2.00 / 3.00 / 6.00"
+    # seeds 0 and 2 never reach the target in 200 steps: a bound, and draws of them count as 0
+    assert math.isnan(down.per_seed[0]) and down.per_seed[1] == 2.0 and down.passes(2.0) == [False, True, False]
+    assert down.ci[0] == 0.0 and down.row()["per seed"].startswith("<1.50 / 2.00")
+    assert best_speedup(ups) is up
+    again = speedup_summary(std, {"fast": fast}, target=0.45)[0]
+    assert again.ci == up.ci  # the bootstrap is seeded: the same interval every time
+    (start,) = speedup_summary(std, {"fast": fast}, target=0.1)  # the start already reaches it: nothing measured
+    assert math.isnan(start.value) and start.text() == "n/a (the target is not above the start)"
+    assert math.isnan(speedup(0, 0)) and speedup(50, 0) == math.inf
+
+
+def test_seed_bootstrap():
+    from rlvr_nb.regrounding import seed_bootstrap
+
+    values = np.array([1.0, 2.0, 3.0])
+    lo, hi = seed_bootstrap(lambda idx: values[idx].mean(), 3)
+    assert 1.0 <= lo < 2.0 < hi <= 3.0
+    assert seed_bootstrap(lambda idx: values[idx].mean(), 3) == (lo, hi)
+    assert seed_bootstrap(lambda idx: 5.0, 1) == (5.0, 5.0)  # one seed: the value itself
+    assert seed_bootstrap(lambda idx: math.nan if 2 in idx else values[idx].mean(), 3)[1] <= 2.0  # NaN draws left out
+    assert all(math.isnan(x) for x in seed_bootstrap(lambda idx: math.nan, 3))
+    with pytest.raises(ValueError, match="n_seeds >= 1"):
+        seed_bootstrap(lambda idx: 0.0, 0)
+
+
+def test_relative_gain_and_table2_in_percent():
+    from rlvr_nb.experiments.rl_extra import relative_gain
+    from rlvr_nb.notebook.report import markdown_table
+
+    steps = np.array([0, 50, 100.0])
+    std = {s: Curve(steps, steps, np.array([0.2, 0.25, 0.3])) for s in (0, 1)}
+    rg = {0: Curve(steps, 2 * steps, np.array([0.2, 0.3, 0.33])), 1: Curve(steps, 2 * steps, np.array([0.2, 0.25, 0.36]))}
+    pct, (lo, hi), per = relative_gain(std, rg, 100)
+    assert pct == pytest.approx(15.0) and per == {0: pytest.approx(10.0), 1: pytest.approx(20.0)}
+    assert 10.0 - 1e-9 <= lo < pct < hi <= 20.0 + 1e-9
+    rows = budget_rows(std, {"(m, n)": rg}, [50, 100])
+    assert rows[0]["Δ@100"] == "–" and rows[1]["Δ@100"].startswith("+15.0% [")
+    table = markdown_table(rows).data.splitlines()
+    assert "Δ@50" in table[0] and "Δ@100" in table[0] and "+10.0% [" in table[3]  # the Δ column is shown
+
+
+def test_standard_rl_seeds_are_the_cached_profile_runs():
+    """06's standard-RL seed s at `cpu` is exactly the run of 01 (s = 0) and of 02/03's seed study: the same
+    config hash as profiles.rl_config("cpu", seed=s), so it is found in runs/, never retrained."""
+    from rlvr_nb.embedded import config_hash
+    from rlvr_nb.experiments.rl_extra import standard_configs
+    from rlvr_nb.notebook import profiles
+
+    knobs, emb = profiles.PARAMS["06_rl_extra"]["cpu"], profiles.embedded_config("cpu")
+    cfgs = standard_configs(profiles.rl_config("cpu", **knobs["rl_recipe"]), knobs["seeds"], knobs["std_steps"])
+    assert sorted(cfgs) == [0, 1, 2]
+    for s, cfg in cfgs.items():
+        assert config_hash(emb, cfg) == config_hash(emb, profiles.rl_config("cpu", seed=s))
+
+
+def _fake_run(root: Path, m: int, blocks: int, inner: int | None = None) -> Path:
+    """A re-grounding run's ledger (no weights): blocks of m steps, RL checkpoints every `inner` steps inside."""
+    entries, virtual = [{"block": 0, "kind": "start", "real_step": 0, "virtual_step": 0, "path": "start"}], 0
+    for b in range(blocks):
+        for k in range(inner or m, m + 1, inner or m):
+            entries.append({"block": b, "kind": "rl", "real_step": b * m + k, "virtual_step": virtual + k, "path": f"rl{b}_{k}"})
+        virtual += 2 * m
+        entries.append({"block": b, "kind": "extrapolated", "real_step": (b + 1) * m, "virtual_step": virtual,
+                        "path": f"x{b}", "n": m, "alpha": 2.0, "block_r2": None, "next_n": m})
+    root.mkdir(parents=True)
+    (root / "ledger.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
+    return root
+
+
+def test_block_end_crossing_is_not_interpolated(tmp_path):
+    """A run is evaluated at its block ends only (not at checkpoints inside a block), and it reaches the target
+    at the first evaluated model at or above it, not at a crossing interpolated between two evaluations."""
+    from rlvr_nb.experiments.rl_extra import models_at_block_ends
+
+    run = _fake_run(tmp_path / "rg", m=100, blocks=2, inner=50)
+    ends = models_at_block_ends(run)
+    assert [(r, v, d.name) for r, v, d in ends] == [(0, 0, "start"), (100, 200, "x0"), (200, 400, "x1")]
+    assert [d.name for _, _, d in models_at_block_ends(run, "rl")] == ["start", "rl0_100", "rl1_100"]
+    with pytest.raises(ValueError, match="no ledger entries"):
+        models_at_block_ends(tmp_path)
+    steps = np.array([0, 100, 200.0])
+    rg = {"x": {0: Curve(steps, 2 * steps, np.array([0.2, 0.29, 0.4]))}}  # crosses 0.3 just after 100
+    std = {0: Curve(np.arange(0, 401, 50.0), np.arange(0, 401, 50.0), np.linspace(0.2, 0.4, 9))}  # 0.3 at 200
+    row = speedup_rows(std, rg, target=0.3)[0]
+    assert row["re-grounding steps"] == 200 and row["standard steps"] == 200 and row["speed-up"] == 1.0
+
+
+def test_study_table_recomputes_reads_and_refuses_another_study(tmp_path, init_dir):
+    """The study at tiny size through `regrounding_table`: standard RL first, the target from it alone, then the
+    re-grounding runs evaluated at every block end in both readings; written, read back without computing, and
+    refused (one error naming the fields and the command) when asked for another study."""
+    from rlvr_nb.evaluate import EvalConfig
+    from rlvr_nb.experiments.rl_extra import (accuracy_curve, compute_regrounding_table, curves_from_table,
+                                              regrounding_table, standard_configs, study_record)
+    from rlvr_nb.grpo import train_rl
+
+    rl = replace(RL, ckpt_every=2)
+    std_cfgs = standard_configs(rl, [0, 1], 4)
+    configs = {"(m=2, n=2)": (RegroundConfig(m=2, n=2, budget=4, optimizer="reset"), [0, 1])}
+    problems = AdditionTask(TASK).eval_problems[:4]
+    eval_cfg = EvalConfig(k=2, max_new_tokens=4)
+    calls = []
+
+    def standard_run(seed):
+        calls.append(("standard", seed))
+        return train_rl(std_cfgs[seed], init_dir, tmp_path / f"std{seed}", TASK, progress=False)
+
+    def regrounding_run(cfg, seed):
+        calls.append(("regrounding", seed))
+        return run_regrounding(cfg, replace(rl, seed=seed), init_dir, tmp_path / f"rg{seed}", TASK, progress=False)
+
+    def curve(models, label):
+        calls.append(("curve", label))
+        return accuracy_curve(models, problems, eval_cfg, tmp_path / "cache", label, progress=False)
+
+    record = study_record(rl, eval_cfg, "4 problems", std_cfgs, configs, 2, None)
+    compute = lambda: compute_regrounding_table(record, configs, standard_run, regrounding_run, curve)  # noqa: E731
+    path, command = tmp_path / "table.json", "the command that recomputes it"
+    with pytest.raises(FileNotFoundError, match="the command that recomputes it"):
+        regrounding_table(path, False, record, compute, command)
+    table = regrounding_table(path, True, record, compute, command)
+    first_rg = calls.index(("regrounding", 0))
+    assert {c for c in calls[:first_rg] if c[0] == "standard"} == {("standard", 0), ("standard", 1)}
+    assert all("standard" in c[1] for c in calls[:first_rg] if c[0] == "curve")  # the target came from standard RL only
+    std, by_reading = curves_from_table(table)
+    assert table["target"] == pytest.approx(np.mean([c.accuracy[1] for c in std.values()]))  # seed mean at step 2
+    assert "step 2" in table["target_rule"] and table["provenance"]["command"] == command
+    for reading in ("extrapolated", "rl"):
+        c = by_reading[reading]["(m=2, n=2)"][1]
+        assert c.real_steps.tolist() == [0, 2, 4]  # every block end, and the start
+    assert by_reading["extrapolated"]["(m=2, n=2)"][0].virtual_steps.tolist() == [0, 4, 8]
+    assert by_reading["rl"]["(m=2, n=2)"][0].virtual_steps.tolist() == [0, 2, 6]
+    assert [b["real_step"] for b in table["blocks"] if b["seed"] == 0] == [2, 4]
+
+    n_calls = len(calls)
+    assert regrounding_table(path, False, record, compute, command) == table and len(calls) == n_calls  # read, not run
+    other = study_record(rl, eval_cfg, "4 problems", std_cfgs, configs, 4, None)
+    with pytest.raises(ValueError, match="target_step: 2 -> 4.*the command that recomputes it"):
+        regrounding_table(path, False, other, compute, command)
 
 
 def test_verl_blocks_are_successive_fresh_verl_runs(tmp_path, init_dir, monkeypatch):
@@ -289,7 +433,7 @@ def test_extrapolation_jump_is_measured_at_boundaries_only():
 
 def test_cache_hashes_of_existing_runs_are_unchanged(tmp_path, monkeypatch):
     """The run directories of the cached runs keep the names the previous code gave them (pinned values,
-    computed with the code before the study moved to rlvr_nb.experiments.rl_extra)."""
+    computed with the code before the re-grounding study table, for the 2 x 32-head embedded default)."""
     import rlvr_nb.experiments.rl_extra as rx
     from rlvr_nb.embedded import EmbeddedConfig
 
@@ -298,9 +442,9 @@ def test_cache_hashes_of_existing_runs_are_unchanged(tmp_path, monkeypatch):
     monkeypatch.setattr(rx, "run_verl_into", lambda *a, **k: None)
     emb = EmbeddedConfig(model=TINY, task=TASK)
     assert rx.ensure_regrounding_run(RegroundConfig(m=2, n=2, budget=2), RL, emb, progress=False,
-                                     init_dir="/fixed/init").name == "reground-529e0e033f"
+                                     init_dir="/fixed/init").name == "reground-f5a626eb90"
     assert rx.ensure_regrounding_run(RegroundConfig(m=2, n=2, budget=2, optimizer="reset"), RL, emb, progress=False,
-                                     trainer="verl", init_dir="/fixed/init").name == "reground-25f2a90d0c"
+                                     trainer="verl", init_dir="/fixed/init").name == "reground-fe567c0bf3"
     assert rx.ensure_verl_standard_run(RL, "/fixed/model", progress=False).name == "verl-rl-9efe57c685"
 
 

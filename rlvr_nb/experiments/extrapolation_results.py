@@ -3,12 +3,14 @@
 - `rl_accuracy`: held-out avg@k of every RL checkpoint (the "actual RL" curve).
 - `weight_extrapolation_curves` + `summarize_extrapolation`: Figure 5 and finding (e), where the
   weight-extrapolated model peaks and where it matches or beats actual RL at the same step.
-- `logits_extrapolation_rows` + `late_stage_decline`: Table 1 and finding (g).
+- `logits_extrapolation_rows` + `logits_comparison` + `late_stage_decline`: Table 1 and finding (g), against RL
+  at the target step (the paper's "same step") and at t_1 (as many real RL steps), in percent like the paper.
 - `plot_distance`: how far the weights moved from a base checkpoint (`rlvr_nb.motion.distance`).
 
 Every comparison is paired: two policies evaluated on the same held-out problems (with the same seed)
 differ question by question, and the confidence interval of that mean difference says whether one
-"beats", "matches" or is "below" the other (`rlvr_nb.evaluate.paired_difference`).
+"beats", "matches" or is "below" the other (`rlvr_nb.evaluate.paired_difference`; in percent,
+`rlvr_nb.evaluate.relative_difference`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from rlvr_nb.evaluate import EvalConfig, EvalResult, PairedDifference, Policy, paired_difference
+from rlvr_nb.evaluate import EvalConfig, EvalResult, PairedDifference, Policy, paired_difference, relative_difference
 from rlvr_nb.extrapolate import (
     LogitsExtrapolationPolicy, evaluate_and_close, target_step_for, weight_extrapolation_accuracy,
 )
@@ -155,9 +157,15 @@ def summarize_extrapolation(curve: AlphaCurve, t_base: int, t_second: int, rl: M
 # Finding (g): Table 1 and the late-stage decline
 
 
+COMPARISONS = {"target": "RL at the target step", "second": "RL at t_1"}
+"""Finding (g)'s two baselines. 'target': the RL checkpoint at the step the extrapolation aims at, the paper's
+"standard RL at the same step" (its Table 1: base 200, second 1400, target 2000, against RL at 2000). 'second':
+the t_1 checkpoint, which used as many real RL steps as the extrapolation (a weaker baseline)."""
+
+
 @dataclass
 class LogitsRow:
-    """One row of Table 1: logits extrapolation against standard RL at the same step and at the target."""
+    """One row of Table 1: logits extrapolation against standard RL at the target step and at t_1."""
 
     temperature: float
     top_p: float
@@ -173,21 +181,45 @@ class LogitsRow:
     """The RL checkpoint at the target step; None when the target is beyond the run (or between checkpoints)."""
     vs_target: PairedDifference | None
 
+    def relative(self, against: str) -> PairedDifference | None:
+        """Extrapolated over RL in percent with its paired interval: against 'target' (the paper's comparison)
+        or 'second' (t_1); None when the run has no checkpoint at the target or RL scores 0 there."""
+        if against not in COMPARISONS:
+            raise ValueError(f"against must be one of {sorted(COMPARISONS)}, got {against!r}")
+        base = self.rl_target if against == "target" else self.rl_same_step
+        return None if base is None or base.avg_at_k <= 0 else relative_difference([(self.extrapolated, base)])
+
     def as_dict(self, last_step: int) -> dict:
         """A row for `rlvr_nb.notebook.report.markdown_table`."""
         fmt = lambda r: f"{r.avg_at_k:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]"  # noqa: E731
-        rel = lambda a, b: f"{100 * (a.avg_at_k / b.avg_at_k - 1):+.1f}%" if b.avg_at_k > 0 else "n/a"  # noqa: E731
         beyond = f"beyond the run (last step {last_step})" if self.t_target > last_step else "not a checkpoint"
         return {
             "T / top-p": f"{self.temperature:g} / {self.top_p:g}",
             "base → second (alpha)": f"{self.t_base} → {self.t_second} ({self.alpha:g})",
             "target step": f"{self.t_target:g}",
             f"logits extra avg@{self.extrapolated.k}": fmt(self.extrapolated),
-            "RL at second (same real steps)": fmt(self.rl_same_step),
-            "extra − RL at second": f"{self.vs_same_step} ({rel(self.extrapolated, self.rl_same_step)})",
-            "RL at target": fmt(self.rl_target) if self.rl_target else beyond,
-            "extra − RL at target": f"{self.vs_target} ({rel(self.extrapolated, self.rl_target)})" if self.vs_target else "–",
+            "RL at target (the paper's comparison)": fmt(self.rl_target) if self.rl_target else beyond,
+            "extra vs RL at target": f"{self.relative('target') or 'n/a'} ({self.vs_target})" if self.vs_target else "–",
+            "RL at t_1 (same real steps)": fmt(self.rl_same_step),
+            "extra vs RL at t_1": f"{self.relative('second') or 'n/a'} ({self.vs_same_step})",
         }
+
+
+def logits_comparison(rows: Sequence[LogitsRow], temperature: float, against: str,
+                      level: float = 0.95) -> tuple[PairedDifference | None, int, int]:
+    """Finding (g) at one temperature against 'target' or 'second' (`COMPARISONS`): the mean relative difference
+    over the rows that have that RL checkpoint (and where RL scores above 0), in percent with its paired interval
+    over the questions (`rlvr_nb.evaluate.relative_difference`); how many of them beat RL (paired interval above
+    0); and how many were compared. (None, 0, 0) when no row has it."""
+    if against not in COMPARISONS:
+        raise ValueError(f"against must be one of {sorted(COMPARISONS)}, got {against!r}")
+    pairs, n_beats = [], 0
+    for r in rows:
+        base, diff = (r.rl_target, r.vs_target) if against == "target" else (r.rl_same_step, r.vs_same_step)
+        if r.temperature == temperature and base is not None and base.avg_at_k > 0:
+            pairs.append((r.extrapolated, base))
+            n_beats += diff.verdict == "beats"
+    return (relative_difference(pairs, level) if pairs else None), n_beats, len(pairs)
 
 
 def logits_extrapolation_rows(checkpoints: Checkpoints, pairs: Sequence[tuple[int, int]], alpha: float,

@@ -4,11 +4,15 @@ The method is `rlvr_nb.regrounding` (the equations, `RegroundConfig`, `run_regro
 module is the study built on it:
 
 - cached runs: `ensure_regrounding_run` (embedded or verl blocks) and `ensure_verl_standard_run` (01's run
-  at `gpu` too);
-- which model a run holds at each real step (`models_at_real_steps`, `standard_models`) and its held-out
-  accuracy there (`accuracy_curve` -> `Curve`);
-- the speed-up to a target accuracy (`speedup_rows`, `speedup_summary`, `best_speedup`), accuracy at equal
-  real-step budgets (`budget_rows`), the accuracy change of a jump (`extrapolation_jump`);
+  at `gpu` too); 06's standard-RL seeds are the profile's run with each seed (`standard_configs`);
+- which model a run holds at each block end (`models_at_block_ends`, both readings: the extrapolated model
+  and the block's RL checkpoint) and its held-out accuracy there (`accuracy_curve` -> `Curve`);
+- the study table (`regrounding_table`, written by `compute_regrounding_table` through
+  `rlvr_nb.notebook.report.study_table`): standard RL evaluated first, the target fixed from it by a rule
+  (`target_from_standard`), then every re-grounding run trained and evaluated;
+- the speed-up to the target at the evaluated models (`speedup_rows`, `speedup_summary` with a bootstrap
+  interval over seeds, `best_speedup`), accuracy at equal real-step budgets in percent (`budget_rows`,
+  `relative_gain`), the accuracy change of a jump (`extrapolation_jump`);
 - Figure 6 on our model (`plot_regrounding`).
 """
 
@@ -18,7 +22,7 @@ import math
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -26,9 +30,19 @@ from tqdm.auto import tqdm
 
 from rlvr_nb.backends.verl_launcher import EMBEDDED, from_rl_config, run_verl_into, train_block_verl
 from rlvr_nb.checkpoint_files import find_checkpoints
+from rlvr_nb.checkpoints import config_differences, to_jsonable
 from rlvr_nb.grpo import RLConfig
-from rlvr_nb.regrounding import (RegroundConfig, accuracy_at_budgets, read_ledger, run_regrounding, speedup,
-                                 steps_to_target)
+from rlvr_nb.notebook.report import study_table
+from rlvr_nb.regrounding import (RegroundConfig, accuracy_at_budgets, read_ledger, run_regrounding, seed_bootstrap,
+                                 speedup, steps_to_target)
+
+WRITER = "rlvr_nb.experiments.rl_extra.compute_regrounding_table"
+READINGS = ("extrapolated", "rl")
+"""The two readings of a re-grounding run at a block end: the extrapolated model (the method's product, the
+primary reading) and the block's RL checkpoint before the extrapolation (the secondary one)."""
+STANDARD = "standard RL"
+TARGET_RULE = ("the seed-mean held-out accuracy of standard RL at step {step}, read off the standard-RL curves "
+               "before any re-grounding run")
 
 # ----------------------------------------------------------------------------------------------------
 # Cached runs
@@ -85,6 +99,12 @@ def ensure_verl_standard_run(rl: RLConfig, model_path: str | Path, train_data: s
     return run
 
 
+def standard_configs(rl: RLConfig, seeds: Sequence[int], steps: int) -> dict[int, RLConfig]:
+    """06's standard-RL seeds: the profile's RL run with each seed and `steps` steps, everything else equal (at
+    `cpu` with steps = the run's own, exactly the cached runs of 01 (seed 0) and of 02/03's seed study)."""
+    return {s: replace(rl, seed=s, steps=steps) for s in seeds}
+
+
 # ----------------------------------------------------------------------------------------------------
 # Curves: accuracy against real (and virtual) steps
 
@@ -95,8 +115,8 @@ def models_at_real_steps(run_dir: str | Path, steps: Sequence[int], prefer: str 
     prefer='extrapolated': the newest model (at a block boundary the extrapolated one, the method's product);
     prefer='rl': the RL checkpoint (at a block boundary the block's end, before its extrapolation).
     A step with no model is an error naming the ones there are."""
-    if prefer not in ("extrapolated", "rl"):
-        raise ValueError(f"prefer must be 'extrapolated' or 'rl', got {prefer!r}")
+    if prefer not in READINGS:
+        raise ValueError(f"prefer must be one of {READINGS}, got {prefer!r}")
     run_dir = Path(run_dir)
     newest: dict[int, dict] = {}
     for e in read_ledger(run_dir):
@@ -110,9 +130,19 @@ def models_at_real_steps(run_dir: str | Path, steps: Sequence[int], prefer: str 
     return out
 
 
-def standard_models(run_dir: str | Path, steps: Sequence[int]) -> list[tuple[int, int, Path]]:
-    """(step, step, checkpoint dir) of a standard RL run at each step (real = virtual)."""
+def models_at_block_ends(run_dir: str | Path, prefer: str = "extrapolated") -> list[tuple[int, int, Path]]:
+    """`models_at_real_steps` at the start (real step 0) and at every block end of the run, and nowhere else
+    (not at checkpoints inside a block): the models a reading of the method can stop at."""
+    ends = sorted({e["real_step"] for e in read_ledger(run_dir) if e["kind"] == "start" or "next_n" in e})
+    if not ends:
+        raise ValueError(f"{run_dir} has no ledger entries: not a re-grounding run, or no block finished yet")
+    return models_at_real_steps(run_dir, ends, prefer)
+
+
+def standard_models(run_dir: str | Path, steps: Sequence[int] | None = None) -> list[tuple[int, int, Path]]:
+    """(step, step, checkpoint dir) of a standard RL run at each step (real = virtual); None: every checkpoint."""
     have = dict(find_checkpoints(run_dir, allow_empty=True))
+    steps = sorted(have) if steps is None else steps
     missing = [s for s in steps if s not in have]
     if missing:
         raise ValueError(f"{run_dir} has no checkpoint at step(s) {missing}; it has {sorted(have)}")
@@ -149,11 +179,113 @@ def accuracy_curve(models: Sequence[tuple[int, int, Path]], problems, eval_cfg, 
                  np.array(acc, float), label)
 
 
+def mean_curve(curves: Sequence[Curve]) -> Curve:
+    """The seed-mean of curves, on the real steps they all have."""
+    common = sorted(set.intersection(*[set(c.real_steps.tolist()) for c in curves]))
+    acc = np.mean([[dict(zip(c.real_steps.tolist(), c.accuracy))[s] for s in common] for c in curves], axis=0)
+    virt = np.mean([[dict(zip(c.real_steps.tolist(), c.virtual_steps))[s] for s in common] for c in curves], axis=0)
+    return Curve(np.array(common, float), virt, np.asarray(acc, float), curves[0].label)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The study table: standard RL first, the target from it, then the re-grounding runs
+
+
+def target_from_standard(std: Mapping[int, Curve], step: int) -> float:
+    """06's target rule (`TARGET_RULE`): the seed-mean accuracy of the standard-RL curves at `step`, an
+    evaluated checkpoint of every seed."""
+    missing = [s for s, c in std.items() if step not in c.real_steps]
+    if not std or missing:
+        raise ValueError(f"the target step {step} is not an evaluated checkpoint of standard RL seed(s) {missing or 'any'}")
+    return float(np.mean([c.accuracy[list(c.real_steps).index(step)] for c in std.values()]))
+
+
+def study_record(rl: RLConfig, eval_cfg, problems: str, std: Mapping[int, RLConfig],
+                 configs: Mapping[str, tuple[RegroundConfig, Sequence[int]]], target_step: int | None,
+                 target: float | None) -> dict:
+    """What a re-grounding table is computed from, as JSON: the block recipe (seed aside), the evaluation and
+    the held-out problems (described), the standard-RL configs, every setting with its seeds, and the target
+    (its rule's step, or a fixed value)."""
+    return to_jsonable({"rl": replace(rl, seed=0), "eval": eval_cfg, "problems": problems,
+                        "standard": {str(s): c for s, c in std.items()}, "target_step": target_step, "target": target,
+                        "settings": {name: {"config": c, "seeds": list(seeds)} for name, (c, seeds) in configs.items()}})
+
+
+def _curve_rows(setting: str, seed: int, reading: str, c: Curve) -> list[dict]:
+    return [{"setting": setting, "seed": seed, "reading": reading, "real_step": int(r), "virtual_step": int(v),
+             "accuracy": float(a)} for r, v, a in zip(c.real_steps, c.virtual_steps, c.accuracy)]
+
+
+def compute_regrounding_table(record: dict, configs: Mapping[str, tuple[RegroundConfig, Sequence[int]]],
+                              standard_run: Callable[[int], Path], regrounding_run: Callable[[RegroundConfig, int], Path],
+                              curve: Callable[[Sequence[tuple[int, int, Path]], str], Curve]) -> dict:
+    """06's study, in this order: (1) standard RL of every seed in `record["standard"]` (`standard_run(seed)`, a
+    cached run) evaluated at each of its checkpoints (`curve(models, label)`); (2) the target fixed from those
+    curves alone (`record["target"]` when given, else `target_from_standard` at `record["target_step"]`);
+    (3) every setting's run per seed (`regrounding_run(config, seed)`) evaluated at every block end in both
+    `READINGS`. Returns {"study", "target", "target_rule", "runs", "blocks", "rows"}; a row is one evaluated
+    model (setting, seed, reading, real_step, virtual_step, accuracy)."""
+    rows, runs, std = [], {}, {}
+    for key in record["standard"]:
+        seed = int(key)
+        run = standard_run(seed)
+        runs[f"{STANDARD} seed {seed}"] = run.name
+        std[seed] = curve(standard_models(run), f"{STANDARD} seed {seed}")
+        rows += _curve_rows(STANDARD, seed, "rl", std[seed])
+    fixed = record.get("target")
+    target = float(fixed) if fixed is not None else target_from_standard(std, record["target_step"])
+    rule = "fixed by the profile" if fixed is not None else TARGET_RULE.format(step=record["target_step"])
+    blocks = []
+    for name, (cfg, seeds) in configs.items():
+        for seed in seeds:
+            run = regrounding_run(cfg, seed)
+            runs[f"{name} seed {seed}"] = run.name
+            for reading in READINGS:
+                rows += _curve_rows(name, seed, reading, curve(models_at_block_ends(run, reading), f"{name} seed {seed} ({reading})"))
+            blocks += [{"setting": name, "seed": seed, **{k: e.get(k) for k in
+                        ("block", "real_step", "virtual_step", "n", "alpha", "block_r2", "next_n")}}
+                       for e in read_ledger(run) if "next_n" in e]
+    return {"study": record, "target": target, "target_rule": rule, "runs": runs, "blocks": blocks, "rows": rows}
+
+
+def regrounding_table(path: str | Path, recompute: bool, record: dict, compute: Callable[[], dict], command: str) -> dict:
+    """06's table at `path` (`rlvr_nb.notebook.report.study_table`): computed by `compute()` and written when
+    `recompute`, else read. A table computed from another study than `record` is refused, naming the fields."""
+    table = study_table(path, recompute, compute, WRITER, command)
+    diffs = config_differences(table.get("study") or {}, record)
+    if diffs:
+        raise ValueError(f"the re-grounding table {path} was computed for another study (differing: "
+                         f"{'; '.join(diffs)}): recompute it with {command}")
+    return table
+
+
+def curves_from_table(table: dict) -> tuple[dict[int, Curve], dict[str, dict[str, dict[int, Curve]]]]:
+    """(standard RL {seed: Curve}, {reading: {setting: {seed: Curve}}}) from a table's rows."""
+    points: dict[tuple, list] = {}
+    for r in table["rows"]:
+        points.setdefault((r["setting"], r["reading"], r["seed"]), []).append(r)
+    std, curves = {}, {reading: {} for reading in READINGS}
+    for (setting, reading, seed), rs in points.items():
+        rs = sorted(rs, key=lambda r: r["real_step"])
+        c = Curve(*(np.array([r[k] for r in rs], float) for k in ("real_step", "virtual_step", "accuracy")),
+                  label=f"{setting} seed {seed}")
+        if setting == STANDARD:
+            std[seed] = c
+        else:
+            curves[reading].setdefault(setting, {})[seed] = c
+    return std, curves
+
+
+# ----------------------------------------------------------------------------------------------------
+# Speed-up to the target, and accuracy at equal budgets
+
+
 def speedup_rows(std: Mapping[int, Curve], runs: Mapping[str, Mapping[int, Curve]], target: float,
-                 method: str = "interpolate") -> list[dict]:
+                 method: str = "first") -> list[dict]:
     """One row per (setting, seed) plus one per setting for the seed-mean curves: steps to the target of
-    standard RL (same seed) and of re-grounding, and their ratio. A run that never reaches the target within
-    its budget gets a bound: speed-up < standard steps / budget."""
+    standard RL (same seed) and of re-grounding, and their ratio, at the first evaluated model that reaches it
+    (no crossing interpolated between evaluations). A run that never reaches the target within its budget
+    gets a bound: speed-up < standard steps / budget."""
     rows = []
     for name, by_seed in runs.items():
         for seed in list(by_seed) + ["mean"]:
@@ -163,39 +295,125 @@ def speedup_rows(std: Mapping[int, Curve], runs: Mapping[str, Mapping[int, Curve
                 continue
             t_std = steps_to_target(s.real_steps, s.accuracy, target, method)
             t_rg = steps_to_target(c.real_steps, c.accuracy, target, method)
-            su = speedup(t_std, t_rg)
             if math.isnan(t_rg) and not math.isnan(t_std):
                 note = f"< {t_std / c.real_steps[-1]:.2f} (not reached in {int(c.real_steps[-1])} steps)"
-            elif math.isnan(t_std):
-                note = "standard RL never reaches the target"
             else:
-                note = ""
+                note = "standard RL never reaches the target" if math.isnan(t_std) else ""
             rows.append({"setting": name, "seed": seed, "standard steps": t_std, "re-grounding steps": t_rg,
-                         "speed-up": su, "note": note})
+                         "speed-up": speedup(t_std, t_rg), "note": note})
     return rows
 
 
-def speedup_summary(rows: Sequence[dict]) -> list[dict]:
-    """`speedup_rows` pivoted to one row per setting: the speed-up of every seed (a bound '<x' when the run
-    never reached the target, 'n/a' when standard RL did not), their median, and that of the seed-mean curves."""
-    out: dict[str, dict] = {}
-    for r in rows:
-        row = out.setdefault(r["setting"], {"setting": r["setting"]})
-        su = r["speed-up"]
-        if r["seed"] == "mean":
-            row["speed-up of the mean curves"] = su
-            row["real steps to target (mean curves)"] = r["re-grounding steps"]
-            continue
-        text = f"{su:.2f}" if not math.isnan(su) else (f"<{r['note'][2:].split()[0]}" if r["note"].startswith("<") else "n/a")
-        row.setdefault("_per_seed", []).append(text)
-        row.setdefault("_std", []).append("never" if math.isnan(r["standard steps"]) else f"{r['standard steps']:.0f}")
-        row.setdefault("_values", []).append(su)
-    for row in out.values():
-        row["standard steps to target per seed"] = " / ".join(row.pop("_std", []))
-        row["speed-up per seed"] = " / ".join(row.pop("_per_seed", []))
-        vals = [v for v in row.pop("_values", []) if not math.isnan(v)]
-        row["median over seeds reaching it"] = float(np.median(vals)) if vals else math.nan
-    return list(out.values())
+@dataclass
+class SpeedUp:
+    """The speed-up of one setting: on the seed-mean curves, with a bootstrap interval over seeds, and per seed."""
+
+    setting: str
+    value: float
+    """Speed-up of the seed-mean curves (NaN: they never reach the target; it is then below `bound`)."""
+    ci: tuple[float, float]
+    """Percentile bootstrap over seeds of that speed-up; a draw whose curve never reaches the target counts as 0."""
+    per_seed: dict[int, float]
+    """Each seed against standard RL of the same seed (NaN: not reached)."""
+    std_steps: dict[int, float]
+    """Standard-RL steps to the target per seed (NaN: never)."""
+    rg_steps: dict[int, float]
+    """Re-grounding real steps to the target per seed (NaN: not within the budget)."""
+    std_mean_steps: float
+    """Steps of the seed-mean standard-RL curve to the target."""
+    budget: float
+    """Real steps of the re-grounding runs (their last block end)."""
+
+    @property
+    def bound(self) -> float:
+        """Standard steps / budget (seed-mean curves): the speed-up is below it when the target is not reached."""
+        return self.std_mean_steps / self.budget
+
+    def passes(self, goal: float) -> list[bool]:
+        """Per seed: the speed-up reaches the goal."""
+        return [not math.isnan(v) and v >= goal for v in self.per_seed.values()]
+
+    def text(self, seed: int | None = None) -> str:
+        """The speed-up of one seed (None: of the seed-mean curves) in words: '2.00', '<1.50' when the target is
+        not reached within the budget (the bound), 'n/a (...)' when standard RL never reaches it or starts at it."""
+        v, t_std = (self.value, self.std_mean_steps) if seed is None else (self.per_seed[seed], self.std_steps[seed])
+        if math.isfinite(v):
+            return f"{v:.2f}"
+        if math.isnan(t_std) or t_std == 0:
+            return "n/a (standard RL never reaches the target)" if math.isnan(t_std) else "n/a (the target is not above the start)"
+        return "inf" if v == math.inf else f"<{t_std / self.budget:.2f}"
+
+    def row(self) -> dict:
+        """A row for `rlvr_nb.notebook.report.markdown_table`."""
+        steps = lambda d: " / ".join("never" if math.isnan(v) else f"{v:.0f}" for v in d.values())  # noqa: E731
+        return {"setting": self.setting, "speed-up (seed-mean curves)": self.text(),
+                "95% bootstrap over seeds": f"[{self.ci[0]:.2f}, {self.ci[1]:.2f}]",
+                "per seed": " / ".join(self.text(s) for s in self.per_seed),
+                "standard steps per seed": steps(self.std_steps), "re-grounding steps per seed": steps(self.rg_steps)}
+
+
+def speedup_summary(std: Mapping[int, Curve], runs: Mapping[str, Mapping[int, Curve]], target: float,
+                    level: float = 0.95, n_boot: int = 2000) -> list[SpeedUp]:
+    """`SpeedUp` of every setting, read at the first evaluated model reaching the target (`speedup_rows`)."""
+    out = []
+    for name, by_seed in runs.items():
+        seeds = [s for s in by_seed if s in std]
+        rows = {r["seed"]: r for r in speedup_rows(std, {name: {s: by_seed[s] for s in seeds}}, target)}
+        mean = rows.pop("mean")
+
+        def stat(idx: np.ndarray) -> float:
+            draw = [seeds[i] for i in idx]
+            t_std = steps_to_target(*_xy(mean_curve([std[s] for s in draw])), target)
+            t_rg = steps_to_target(*_xy(mean_curve([by_seed[s] for s in draw])), target)
+            return math.nan if math.isnan(t_std) else 0.0 if math.isnan(t_rg) else speedup(t_std, t_rg)
+
+        out.append(SpeedUp(name, mean["speed-up"], seed_bootstrap(stat, len(seeds), level, n_boot),
+                           {s: r["speed-up"] for s, r in rows.items()}, {s: r["standard steps"] for s, r in rows.items()},
+                           {s: r["re-grounding steps"] for s, r in rows.items()}, mean["standard steps"],
+                           float(mean_curve([by_seed[s] for s in seeds]).real_steps[-1])))
+    return out
+
+
+def _xy(c: Curve) -> tuple[np.ndarray, np.ndarray]:
+    return c.real_steps, c.accuracy
+
+
+def best_speedup(summary: Sequence[SpeedUp]) -> SpeedUp:
+    """The setting whose seed-mean curves reach the target fastest relative to standard RL (NaN counts as none)."""
+    if not summary:
+        raise ValueError("no settings: give the output of speedup_summary")
+    return max(summary, key=lambda u: -1.0 if math.isnan(u.value) else u.value)
+
+
+def relative_gain(std: Mapping[int, Curve], by_seed: Mapping[int, Curve], budget: float, level: float = 0.95,
+                  n_boot: int = 2000) -> tuple[float, tuple[float, float], dict[int, float]]:
+    """Table 2 on our model at one real-step budget: 100 (seed-mean re-grounding / seed-mean standard RL - 1) in
+    percent (the paper's unit), its bootstrap interval over seeds, and the same per seed."""
+    seeds = [s for s in by_seed if s in std]
+    rg = np.array([accuracy_at_budgets(by_seed[s].real_steps, by_seed[s].accuracy, [budget])[0] for s in seeds])  # [S]
+    base = np.array([accuracy_at_budgets(std[s].real_steps, std[s].accuracy, [budget])[0] for s in seeds])  # [S]
+    stat = lambda idx: 100 * (rg[idx].mean() / base[idx].mean() - 1)  # noqa: E731
+    return float(stat(np.arange(len(seeds)))), seed_bootstrap(stat, len(seeds), level, n_boot), \
+        {s: float(100 * (a / b - 1)) for s, a, b in zip(seeds, rg, base)}
+
+
+def budget_rows(std: Mapping[int, Curve], runs: Mapping[str, Mapping[int, Curve]], budgets: Sequence[int],
+                level: float = 0.95, n_boot: int = 2000) -> list[dict]:
+    """Table 2 on our model: accuracy at equal real-step budgets, mean ± standard deviation over seeds, and Δ,
+    re-grounding over standard RL of the same seeds in percent with its bootstrap interval over seeds."""
+    rows = []
+    for name, by_seed in {STANDARD: {k: std[k] for k in sorted(std)}, **runs}.items():
+        accs = np.array([accuracy_at_budgets(c.real_steps, c.accuracy, budgets) for c in by_seed.values()])  # [S, B]
+        row = {"setting": name, "seeds": len(by_seed)}
+        for j, b in enumerate(budgets):
+            row[f"{b} steps"] = f"{np.nanmean(accs[:, j]):.3f} ± {np.nanstd(accs[:, j]):.3f}"
+            if name == STANDARD:
+                row[f"Δ@{b}"] = "–"
+            else:
+                pct, (lo, hi), _ = relative_gain(std, by_seed, b, level, n_boot)
+                row[f"Δ@{b}"] = f"{pct:+.1f}% [{lo:+.1f}, {hi:+.1f}]"
+        rows.append(row)
+    return rows
 
 
 def extrapolation_jump(newest: Curve, rl: Curve) -> float:
@@ -205,40 +423,6 @@ def extrapolation_jump(newest: Curve, rl: Curve) -> float:
         raise ValueError("the two readings must be evaluated at the same real steps")
     jump = newest.virtual_steps != rl.virtual_steps  # [K]
     return float(np.mean(newest.accuracy[jump] - rl.accuracy[jump])) if jump.any() else math.nan
-
-
-def best_speedup(rows: Sequence[dict]) -> tuple[dict, list[dict]]:
-    """Of `speedup_rows`: the setting whose seed-mean curves reach the target fastest relative to standard RL
-    (a NaN speed-up counts as none), and that setting's per-seed rows."""
-    mean_rows = [r for r in rows if r["seed"] == "mean"]
-    if not mean_rows:
-        raise ValueError("no seed-mean rows: give the output of speedup_rows")
-    best = max(mean_rows, key=lambda r: -1.0 if math.isnan(r["speed-up"]) else r["speed-up"])
-    return best, [r for r in rows if r["seed"] != "mean" and r["setting"] == best["setting"]]
-
-
-def mean_curve(curves: Sequence[Curve]) -> Curve:
-    """The seed-mean of curves, on the real steps they all have."""
-    common = sorted(set.intersection(*[set(c.real_steps.tolist()) for c in curves]))
-    acc = np.mean([[dict(zip(c.real_steps.tolist(), c.accuracy))[s] for s in common] for c in curves], axis=0)
-    virt = np.mean([[dict(zip(c.real_steps.tolist(), c.virtual_steps))[s] for s in common] for c in curves], axis=0)
-    return Curve(np.array(common, float), virt, np.asarray(acc, float), curves[0].label)
-
-
-def budget_rows(std: Mapping[int, Curve], runs: Mapping[str, Mapping[int, Curve]], budgets: Sequence[int]) -> list[dict]:
-    """Table 2 on our model: accuracy at equal real-step budgets, mean (and spread) over seeds, with the
-    difference to standard RL of the same seeds."""
-    rows = []
-    for name, by_seed in {"standard RL": {k: std[k] for k in sorted(std)}, **runs}.items():
-        accs = np.array([accuracy_at_budgets(c.real_steps, c.accuracy, budgets) for c in by_seed.values()])  # [S, B]
-        base = np.array([accuracy_at_budgets(std[k].real_steps, std[k].accuracy, budgets) for k in by_seed if k in std])
-        row = {"setting": name, "seeds": len(by_seed)}
-        for j, b in enumerate(budgets):
-            row[f"{b} steps"] = f"{np.nanmean(accs[:, j]):.3f} ± {np.nanstd(accs[:, j]):.3f}"
-            if name != "standard RL":
-                row[f"Δ@{b}"] = float(np.nanmean(accs[:, j] - base[:, j])) if len(base) == len(accs) else math.nan
-        rows.append(row)
-    return rows
 
 
 # ----------------------------------------------------------------------------------------------------
