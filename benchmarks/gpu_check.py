@@ -283,14 +283,14 @@ def source_line(fn, text: str) -> str:
 
 def train_rl_device_gap() -> str | None:
     """Why train_rl cannot run on an accelerator (None once it takes a device)."""
-    from rlvr_nb.grpo import train_rl
+    from rlvr_nb.grpo import sample_rollouts, train_rl
 
     if "device" in inspect.signature(train_rl).parameters:
         return None
     return (f"rlvr_nb.grpo.train_rl has no device parameter: {source_line(train_rl, 'load_model(init_dir)')} loads "
             f"the model on the CPU, {source_line(train_rl, 'torch.Generator()')} draws problems and rollouts from "
             f"a CPU generator (torch.multinomial refuses it for CUDA logits), and encode_prompts returns CPU "
-            f"tensors ({source_line(train_rl, 'encode_prompts(')})")
+            f"tensors ({source_line(sample_rollouts, 'encode_prompts(')}, in its sample_rollouts)")
 
 
 def check_train_rl(device: str, steps: int = 2) -> dict:

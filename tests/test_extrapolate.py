@@ -233,7 +233,7 @@ def test_cached_response_logits_match_direct_forwards(pair, tok):
     mb, ms = load_model(base), load_model(second)
     prompts, responses = ["123+989=", "005+005="], ["2111", "0100"]
     cache = cache_response_logits(mb, {300: ms}, prompts, responses, base_step=100, tokenizer=tok)
-    assert cache.token_text[0] == ["2", "1", "1", "1", "<eos>"]
+    assert cache.token_text[0] == ["2", "1", "1", "1", "<|im_end|>"]
     for i, (p, r) in enumerate(zip(prompts, responses)):
         ids, lb = teacher_forced_logits(mb, tok, p, r)
         full = torch.log_softmax(mb(input_ids=torch.tensor([tok(p + r)["input_ids"] + [tok.eos_token_id]])).logits[0], -1)
