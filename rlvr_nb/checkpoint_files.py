@@ -29,10 +29,12 @@ import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
-import torch
 from safetensors import safe_open
+
+if TYPE_CHECKING:
+    import torch
 
 LAYOUTS = ("rlvr-nb", "hf", "verl")
 STEP_NAMES = {  # directory name -> step, per layout (ASCII digits only: "checkpoint-٣٣" is no step)
@@ -47,9 +49,20 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja", "chat_template.json")
 DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
                "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
-TORCH_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-                "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-                "BOOL": torch.bool}
+READ_DTYPES = ("F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL")
+"""safetensors dtypes a tensor can be read in (`read_rows`, as the torch dtype of `torch_dtype`)."""
+FLOATING_DTYPES = frozenset({"F64", "F32", "F16", "BF16"})
+"""The floating ones among them (the values the R^2 engine and extrapolation follow)."""
+
+
+def torch_dtype(code: str):
+    """The torch dtype of a safetensors dtype in READ_DTYPES (torch is imported here, not at module import, so that
+    the linearity command's start-up does not pay for it)."""
+    import torch
+
+    return {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+            "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+            "BOOL": torch.bool}[code]
 
 
 class CheckpointError(ValueError):
@@ -314,8 +327,8 @@ def read_safetensors_header(path: str | Path) -> tuple[dict[str, TensorHeader], 
     for (b0, e0, n0), (b1, _, n1) in zip(spans, spans[1:]):
         if b1 < e0:
             raise _bad(path, f"tensors {n0} and {n1} overlap")
-    try:  # the library's own checks (alignment, ...), as every HF tool will run them
-        with safe_open(str(path), framework="pt") as f:
+    try:  # the library's own checks (alignment, ...), as every HF tool will run them (numpy: no torch import)
+        with safe_open(str(path), framework="numpy") as f:
             f.keys()
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
         raise _bad(path, str(e)) from None
@@ -355,11 +368,13 @@ def read_exactly(path: Path, offset: int, buf: memoryview, name: str) -> None:
         raise CheckpointError(f"cannot read tensor {name} from {path}: {e.strerror or e}") from None
 
 
-def read_rows(t: TensorHeader, name: str, start: int, stop: int) -> torch.Tensor:
+def read_rows(t: TensorHeader, name: str, start: int, stop: int) -> "torch.Tensor":
     """Rows [start, stop) of a tensor (the whole tensor for 0-d ones) in its stored dtype, by plain reads."""
-    dtype = TORCH_DTYPES.get(t.dtype)
-    if dtype is None:
+    import torch
+
+    if t.dtype not in READ_DTYPES:
         raise CheckpointError(f"{t.file}: tensor {name} has dtype {t.dtype}, which is not read")
+    dtype = torch_dtype(t.dtype)
     row = math.prod(t.shape[1:]) * dtype.itemsize
     n_bytes = (stop - start) * row if t.shape else dtype.itemsize
     out_shape = ((stop - start), *t.shape[1:]) if t.shape else ()
@@ -370,7 +385,7 @@ def read_rows(t: TensorHeader, name: str, start: int, stop: int) -> torch.Tensor
 
 
 def read_tensors(d: str | Path, names: Iterable[str] | None = None, header: dict[str, TensorHeader] | None = None,
-                 floating_only: bool = True) -> dict[str, torch.Tensor]:
+                 floating_only: bool = True) -> dict[str, "torch.Tensor"]:
     """Whole tensors of a checkpoint directory by name (all floating ones by default), read lazily."""
     header = read_weight_index(d) if header is None else header
     wanted = list(header) if names is None else list(names)
@@ -380,7 +395,7 @@ def read_tensors(d: str | Path, names: Iterable[str] | None = None, header: dict
     out = {}
     for n in wanted:
         t = header[n]
-        if floating_only and not TORCH_DTYPES.get(t.dtype, torch.int8).is_floating_point:
+        if floating_only and t.dtype not in FLOATING_DTYPES:
             continue
         out[n] = read_rows(t, n, 0, t.shape[0] if t.shape else 1)
     return out

@@ -18,11 +18,11 @@ import math
 import os
 import re
 import shutil
+import sys
 import uuid
 from pathlib import Path
 from typing import Iterable, Iterator
 
-import torch
 
 from rlvr_nb.checkpoint_files import DTYPE_BYTES
 
@@ -224,7 +224,8 @@ class SafetensorsWriter:
         self.file.write(len(blob).to_bytes(8, "little") + blob)
 
     def write(self, data) -> None:
-        if isinstance(data, torch.Tensor):
+        torch = sys.modules.get("torch")  # a torch tensor exists only once torch is imported: no import here
+        if torch is not None and isinstance(data, torch.Tensor):
             data = data.contiguous().reshape(-1).view(torch.uint8).numpy()
         view = memoryview(data).cast("B") if not isinstance(data, (bytes, bytearray)) else memoryview(data)
         self.file.write(view)

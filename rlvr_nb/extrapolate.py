@@ -29,7 +29,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from rlvr_nb.checkpoint_files import (TOKENIZER_FILES, TORCH_DTYPES, WEIGHT_INDEX, check_same_tokenizer,
+from rlvr_nb.checkpoint_files import (FLOATING_DTYPES, READ_DTYPES, TOKENIZER_FILES, WEIGHT_INDEX, check_same_tokenizer,
                                       read_rows, read_safetensors_header, read_step, read_weight_index, weight_files)
 from rlvr_nb.checkpoint_writes import atomic_dir, refuse_overlap, write_safetensors
 from rlvr_nb.evaluate import EvalConfig, EvalResult, ModelPolicy, Policy, as_policy, evaluate
@@ -143,7 +143,7 @@ def extrapolate_weights(
         tb = head_base[name]
         if (tb.dtype, tb.shape) != (ts.dtype, ts.shape):
             raise ValueError(f"tensor {name}: base has dtype/shape {(tb.dtype, tb.shape)}, second has {(ts.dtype, ts.shape)}")
-        if ts.dtype not in TORCH_DTYPES:
+        if ts.dtype not in READ_DTYPES:
             raise ValueError(f"{ts.file}: tensor {name} has dtype {ts.dtype}, which is not read")
     by_file: dict[Path, list[str]] = {}
     for name, ts in sorted(head_second.items(), key=lambda kv: kv[1].offset):
@@ -157,7 +157,7 @@ def extrapolate_weights(
             def chunks() -> Iterator[torch.Tensor]:
                 for name in names:
                     ts, tb = head_second[name], head_base[name]
-                    mixed = TORCH_DTYPES[ts.dtype].is_floating_point and not is_norm_weight(name)
+                    mixed = ts.dtype in FLOATING_DTYPES and not is_norm_weight(name)
                     counts["extrapolated" if mixed else "copied_from_second"] += 1
                     n_rows = ts.shape[0] if ts.shape else 1
                     step = max(1, CHUNK_ELEMENTS // max(1, math.prod(ts.shape[1:]))) if ts.shape else 1

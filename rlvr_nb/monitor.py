@@ -41,7 +41,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from rlvr_nb.checkpoint_files import (TORCH_DTYPES, CheckpointError, describe_error, files_signature, has_weights,
+from rlvr_nb.checkpoint_files import (FLOATING_DTYPES, CheckpointError, describe_error, files_signature, has_weights,
                                       read_tensors, read_weight_index, scan_checkpoints)
 from rlvr_nb.checkpoint_writes import write_text
 from rlvr_nb.linearity import LinearityConfig, sample_indices, sample_r2
@@ -52,7 +52,7 @@ try:  # the callback is a TrainerCallback when transformers is there (it always 
 except ImportError:  # pragma: no cover
     TrainerCallback = object  # type: ignore[misc,assignment]
 
-FLOATING = {d for d, t in TORCH_DTYPES.items() if t.is_floating_point}
+FLOATING = FLOATING_DTYPES
 """safetensors dtypes followed (those the R^2 engine analyses)."""
 
 

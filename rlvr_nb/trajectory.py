@@ -24,11 +24,13 @@ import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    import torch
 
 from rlvr_nb.checkpoint_files import (CheckpointError, TensorHeader, check_same_tokenizer, read_exactly, read_tensors,
                                       read_weight_index, scan_checkpoints)

@@ -212,3 +212,20 @@ def test_watch_bad_input_through_the_top_level_command(tmp_path, capsys):
     assert one_error(capsys, "watch") == f"initial model directory {tmp_path / 'nope'} does not exist"
     assert main(["watch", str(tmp_path), "--once", "--sample-fraction", "2"]) == 2
     assert one_error(capsys, "watch") == "sample_fraction must be in (0, 1], got 2.0"
+
+
+def test_linearity_without_figures_never_imports_torch(run, tmp_path):
+    """Start-up: `rlvr-nb linearity --no-figures` reads checkpoints without torch (its import was most of the
+    command's wall time on a small run); the summary it writes is the same as with torch loaded."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    code = ("import sys; from rlvr_nb.cli import main; "
+            f"rc = main(['linearity', {str(run)!r}, '--out', {str(out)!r}, '--no-progress', '--no-figures']); "
+            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH'); sys.exit(rc)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().splitlines()[-1] == "NO-TORCH"
+    assert main(["linearity", str(run), "--out", str(tmp_path / "again"), "--no-progress", "--no-figures"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in (tmp_path / "again").iterdir())
