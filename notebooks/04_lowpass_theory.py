@@ -54,7 +54,7 @@ robust_lrs = None  # AdamW learning rates of the robustness grid (cpu [3e-05, 0.
 sgd_lr = None  # SGD learning rate of the robustness grid (cpu 0.01)
 group_sizes = None  # rollouts per prompt of the robustness grid (cpu [16, 8])
 estimators = None  # advantage estimators of the robustness grid (cpu ["grpo", "reinforce_pp"])
-compute_robustness = None  # train the robustness runs (cpu True); False: read the committed cpu table
+compute_robustness = None  # True: train the robustness runs and rewrite the table (make reproduce); False: read the committed cpu table
 recompute_robustness = False  # recompute even when the cached table matches the settings
 robustness_cache = None  # the cached table (cpu "notebooks/data/04_robustness_cpu.json")
 seed = None  # seed of the SFT batches and the injected noise (cpu 0)
@@ -410,8 +410,9 @@ findings.append(Finding("d", "second-order share of the output change, largest o
 # the few directions with the largest gradient); the grid uses the largest rate that does not (greedy accuracy
 # down by at most 0.05), and the sentence under the table checks that `sgd_lr` is that rate.
 #
-# The runs are trained at the `cpu` profile (cached in `runs/`) and their tables are committed as
-# `notebooks/data/04_robustness_cpu.json`; the `smoke` profile reads those tables instead of training.
+# The runs are trained with `compute_robustness=True` at the `cpu` profile (`make reproduce` does it; cached in
+# `runs/`) and their tables are committed as `notebooks/data/04_robustness_cpu.json` with the command, commit, date
+# and wall time that made them; `make run` and the `smoke` profile read those tables instead of training.
 
 # %%
 cache = repo_root() / P.robustness_cache
@@ -420,7 +421,8 @@ if P.compute_robustness:
                                              group_sizes=P.group_sizes, estimators=P.estimators)
     calibrate = {"sgd_calibration": lambda: rb.sgd_calibration_rows(rl, rb.sgd_candidates(P.sgd_lr), emb)}
     robust_table, source = rb.cached_rows(cache, robust_settings, emb, recompute=recompute_robustness,
-                                          note="04_lowpass_theory robustness grid, cpu profile", extra=calibrate)
+                                          note="04_lowpass_theory robustness grid, cpu profile", extra=calibrate,
+                                          command=f"python -m rlvr_nb.notebook.run --profile {profile} --only 04 -p compute_robustness True")
 else:
     robust_table, source = rb.load_table(cache), f"read from {cache} (computed at the cpu profile)"
 robust_rows = robust_table["rows"]

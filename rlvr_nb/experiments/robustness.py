@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -319,10 +320,13 @@ def settings_record(settings: Sequence[Setting]) -> list[dict]:
 
 
 def save_table(path: str | Path, rows: Sequence[dict], settings: Sequence[Setting], note: str = "",
-               emb: EmbeddedConfig | None = None, extra: dict | None = None) -> Path:
-    """Write {"settings", "rows", "note", "embedded"} and any `extra` tables as JSON; returns the path."""
+               emb: EmbeddedConfig | None = None, extra: dict | None = None, wall_seconds: float | None = None,
+               command: str | None = None) -> Path:
+    """Write {"settings", "rows", "note", "embedded"} and any `extra` tables as JSON, with its provenance (the
+    command and wall time that made it); returns the path."""
     return save_json_table(path, {"note": note, "settings": settings_record(settings), "rows": list(rows),
-                                  "embedded": None if emb is None else to_jsonable(emb), **(extra or {})})
+                                  "embedded": None if emb is None else to_jsonable(emb), **(extra or {})},
+                           wall_seconds, command)
 
 
 def load_table(path: str | Path) -> dict:
@@ -332,8 +336,8 @@ def load_table(path: str | Path) -> dict:
 
 
 def cached_rows(path: str | Path, settings: Sequence[Setting], emb: EmbeddedConfig, recompute: bool = False,
-                progress: bool = True, note: str = "", extra: dict[str, Callable[[], list[dict]]] | None = None
-                ) -> tuple[dict, str]:
+                progress: bool = True, note: str = "", extra: dict[str, Callable[[], list[dict]]] | None = None,
+                command: str | None = None) -> tuple[dict, str]:
     """The sweep's table from the cache at `path` when it was computed from exactly these settings, this embedded
     model and holds every `extra` table; otherwise (missing, different, or recompute=True) computed with
     `sweep_rows` (and each extra table by its function) and written there.
@@ -347,8 +351,10 @@ def cached_rows(path: str | Path, settings: Sequence[Setting], emb: EmbeddedConf
         if (data["settings"] == json.loads(json.dumps(settings_record(settings)))
                 and data.get("embedded") == json.loads(json.dumps(to_jsonable(emb))) and set(extra) <= set(data)):
             return data, f"read from {path}"
+    t0 = time.perf_counter()  # the wall time includes training any run that is not cached yet
     rows = sweep_rows(settings, emb, progress)
-    save_table(path, rows, settings, note, emb, {name: compute() for name, compute in extra.items()})
+    tables = {name: compute() for name, compute in extra.items()}
+    save_table(path, rows, settings, note, emb, tables, time.perf_counter() - t0, command)
     return load_table(path), f"computed, written to {path}"
 
 

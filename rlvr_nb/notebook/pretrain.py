@@ -26,8 +26,8 @@ from rlvr_nb.sft import SFTConfig
 def trajectories(profile: str) -> list[RLConfig | SFTConfig]:
     """The embedded runs the profile's notebooks train, known before they run, most expensive first: the RL run
     (01-03, 05, 06), its matched SFT run (01-03), the SFT runs of 02/03's comparisons, and 04's robustness base
-    (profiles.CHEAP_RL). Runs whose config depends on another run's result (the "same accuracy gain" window)
-    are left to the notebooks."""
+    (profiles.CHEAP_RL at cpu) with its noise-injected SFT sweep. Runs whose config depends on another run's result
+    (the "same accuracy gain" window, 04's SGD calibration) are left to the notebooks."""
     rl = profiles.rl_config(profile)
     p02 = profiles.resolve("02_weight_linearity", profile)
     out: list[RLConfig | SFTConfig] = [rl]
@@ -35,9 +35,23 @@ def trajectories(profile: str) -> list[RLConfig | SFTConfig]:
         out += [matched_sft(rl, batch_size=rl.prompts_per_step * rl.group_size, steps=p02.seq_steps),
                 matched_sft(rl, lr=p02.customary_sft_lr)]
     out.append(profiles.sft_config(profile))
-    if profile == "cpu":
-        out.append(profiles.rl_config(profile, **profiles.CHEAP_RL))
+    out += lowpass_runs(profile)
     return list(dict.fromkeys(out))
+
+
+def lowpass_runs(profile: str) -> list[RLConfig | SFTConfig]:
+    """04's runs known from its knobs: its RL base (profiles.CHEAP_RL at cpu), the noise-injected SFT sweep at
+    both learning rates (Figure 3), and the robustness grid when the profile computes it (Figure 2)."""
+    from rlvr_nb.experiments import robustness as rb
+
+    p04 = profiles.resolve("04_lowpass_theory", profile)
+    rl = profiles.rl_config(profile, **{**p04.rl_recipe, "seed": p04.seed})
+    bases = [matched_sft(rl, steps=p04.sft_steps, lr=lr, ckpt_every=p04.sft_ckpt_every) for lr in (p04.sft_high_lr, rl.lr)]
+    out: list[RLConfig | SFTConfig] = [rl] + [s.config for b in bases for s in rb.snr_settings(b, p04.snr_dbs)]
+    if p04.compute_robustness:
+        out += [s.config for s in rb.robustness_settings(rl, p04.robust_steps, lrs=p04.robust_lrs, sgd_lr=p04.sgd_lr,
+                                                         group_sizes=p04.group_sizes, estimators=p04.estimators)]
+    return out
 
 
 def _train(config: RLConfig | SFTConfig, emb: EmbeddedConfig) -> tuple[str, float]:

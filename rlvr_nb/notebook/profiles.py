@@ -121,7 +121,7 @@ PARAMS: dict[str, dict[str, dict]] = {
         "cpu": {"mechanism_study": {}, "recompute_mechanism": False, "mechanism_table": "notebooks/data/04_mechanism_cpu.json", "rl_recipe": CHEAP_RL, "theory_points": 40, "sim_params": 400, "snr_dbs": [10.0, 0.0, -5.0, -10.0, -15.0, -20.0],
                 "sft_high_lr": 1e-3, "sft_steps": 500, "sft_ckpt_every": 50, "grad_batches": 200, "n_probe": 256,
                 "robust_steps": 400, "robust_lrs": [3e-5, 1e-4], "sgd_lr": 0.01, "group_sizes": [16, 8],
-                "estimators": ["grpo", "reinforce_pp"], "compute_robustness": True,
+                "estimators": ["grpo", "reinforce_pp"], "compute_robustness": False,
                 "robustness_cache": "notebooks/data/04_robustness_cpu.json", "seed": 0},
         "gpu": {"mechanism_study": {}, "recompute_mechanism": False, "mechanism_table": "notebooks/data/04_mechanism_cpu.json", "rl_recipe": {}, "theory_points": 40, "sim_params": 400, "snr_dbs": [10.0, 0.0, -5.0, -10.0, -15.0, -20.0],
                 "sft_high_lr": 1e-3, "sft_steps": 500, "sft_ckpt_every": 50, "grad_batches": 200, "n_probe": 256,
