@@ -102,14 +102,16 @@ def ensure_rl_run(rl: RLConfig, emb: EmbeddedConfig = EmbeddedConfig(), progress
     return run
 
 
-def ensure_sft_run(sft: SFTConfig, emb: EmbeddedConfig = EmbeddedConfig(), progress: bool = True) -> Path:
-    """An SFT trajectory from the same warm start (supervised on correct answers)."""
+def ensure_sft_run(sft: SFTConfig, emb: EmbeddedConfig = EmbeddedConfig(), progress: bool = True,
+                   target: TaskConfig | None = None) -> Path:
+    """An SFT trajectory from the same warm start (supervised on correct answers of emb's task, or of `target`:
+    an SFT towards a task the model does not yet produce; the target is part of the run's hash)."""
     init = ensure_warm_start(emb, progress)
-    run = runs_root() / f"sft-{config_hash(emb, sft)}"
+    run = runs_root() / f"sft-{config_hash(emb, sft) if target is None else config_hash(emb, sft, target)}"
     with run_lock(run):
         if not is_complete(run):
             t0 = time.perf_counter()
-            train_sft(sft, run, init, emb.task, resume=True, progress=progress)
+            train_sft(sft, run, init, emb.task if target is None else target, resume=True, progress=progress)
             note_trained(run, t0)
     return run
 

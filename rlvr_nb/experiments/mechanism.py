@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -38,9 +37,8 @@ import torch
 from tqdm.auto import tqdm
 
 from rlvr_nb.checkpoint_files import find_checkpoints
-from rlvr_nb.checkpoints import config_differences, is_complete, read_metrics, run_lock, to_jsonable
-from rlvr_nb.embedded import (EmbeddedConfig, config_hash, ensure_rl_run, ensure_sft_run, ensure_warm_start, matched_sft,
-                              note_trained, runs_root)
+from rlvr_nb.checkpoints import config_differences, read_metrics, to_jsonable
+from rlvr_nb.embedded import EmbeddedConfig, ensure_rl_run, ensure_sft_run, ensure_warm_start, matched_sft
 from rlvr_nb.experiments.robustness import (accuracy_at, batch_gradient_moments, gradient_moments, gradient_snr, rms_snr,
                                             weight_r2_row)
 from rlvr_nb.grpo import RLConfig, policy_loss, sample_rollouts, token_logprobs
@@ -49,7 +47,7 @@ from rlvr_nb.lowpass import median_r2
 from rlvr_nb.models import load_model, load_tokenizer
 from rlvr_nb.notebook.report import study_table
 from rlvr_nb.motion import distance
-from rlvr_nb.sft import SFTConfig, train_sft
+from rlvr_nb.sft import SFTConfig
 from rlvr_nb.threads import threads, train_threads
 from rlvr_nb.tasks import AdditionTask, TaskConfig, scratchpad_len, with_scratchpad
 from rlvr_nb.trajectory import load_trajectory
@@ -132,14 +130,7 @@ def rl_config(study: MechanismStudy, task: TaskConfig, **changes) -> RLConfig:
 
 def ensure_sft_from(sft: SFTConfig, emb: EmbeddedConfig, target: TaskConfig, progress: bool = True) -> Path:
     """An SFT run from `emb`'s RL start trained on another task `target` (control ii), cached by config hash."""
-    init = ensure_warm_start(emb, progress)
-    run = runs_root() / f"sft-{config_hash(emb, sft, target)}"
-    with run_lock(run):
-        if not is_complete(run):
-            t0 = time.perf_counter()
-            train_sft(sft, run, init, target, resume=True, progress=progress)
-            note_trained(run, t0)
-    return run
+    return ensure_sft_run(sft, emb, progress, target=target)
 
 
 def path_length(run_dir: str | Path) -> float:
