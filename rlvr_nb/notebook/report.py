@@ -39,11 +39,18 @@ def markdown_table(rows: Sequence[dict], digits: int = 3):
     return Markdown("\n".join(lines))
 
 
+OUTPUT_PATHS = ("papermill_runs",)
+"""What the runner writes into the checkout (ignored by `git_commit`'s dirty check)."""
+
+
 def git_commit() -> str | None:
-    """HEAD of the checkout the package runs from, with "-dirty" when tracked files differ; None outside git."""
+    """HEAD of the checkout the package runs from, with "-dirty" when tracked files differ; None outside git.
+    The executed outputs (papermill_runs/, OUTPUT_PATHS) do not count: a run rewrites them as it goes, so without
+    this every notebook after the first of a run from a clean checkout would read as dirty."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_root(), capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo_root(),
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."]
+                               + [f":(exclude){p}" for p in OUTPUT_PATHS], cwd=repo_root(),
                                capture_output=True, text=True).stdout.strip()
         return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
