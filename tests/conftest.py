@@ -3,6 +3,7 @@ import os
 # Tiny models on a 2-core machine: one thread each avoids OpenMP oversubscription (10-100x slowdowns).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
@@ -23,6 +24,7 @@ def pytest_collection_modifyitems(session, config, items):
     items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))  # stable: order within a file kept
 
 
+@pytest.hookimpl(optionalhook=True)  # .venv-vllm's pytest (tests/vllm_engine) has no xdist
 def pytest_xdist_make_scheduler(config, log):
     """loadfile, with the KERNEL_FILES as a single unit of work."""
     from xdist.scheduler import LoadFileScheduling
