@@ -8,6 +8,12 @@ parallel as separate single-thread processes (`benchmarks/bench_threads.py`, idl
 thread give 1.83x the steps/s of one, 1 process x 2 threads 1.79x, and a loaded core makes 2 threads slower
 than 1). Analyses (R^2, evaluation) keep torch's default.
 
+Setting the count inside a process is not all of it: a process that started at torch's default of 2 threads and
+then trains at `set_num_threads(1)` keeps an OpenMP thread spinning at about half a core and, on the default
+`cpu` step (128 x 16 rollouts), trains another trajectory (1.8e-4 apart after 50 steps; the 32 x 16 step is not
+affected). Processes made to train (`rlvr_nb.notebook.pretrain`) therefore start with OMP_NUM_THREADS=1; trained
+that way, two of them at once reproduce the committed runs bit for bit at 0.81 s/step each (3.3 s/step without).
+
 `RLVR_NB_TRAIN_THREADS=n` trains at n threads instead: faster for one run on an idle machine, but its
 trajectories (and a resumed run's continuation) differ from those trained at 1 thread.
 """
