@@ -22,6 +22,7 @@ def output_pngs(widget_state: dict) -> list[str]:
 @pytest.mark.notebook
 def test_slider_redraws_in_a_kernel(tmp_path, monkeypatch):
     from nbclient import NotebookClient
+    from nbclient.exceptions import CellTimeoutError
 
     monkeypatch.setenv("RLVR_NB_RUNS", os.environ.get("RLVR_NB_RUNS", str(tmp_path / "runs")))
     monkeypatch.setenv("RLVR_NB_OUT", str(tmp_path / "out"))
@@ -33,15 +34,25 @@ def test_slider_redraws_in_a_kernel(tmp_path, monkeypatch):
         "slider.value = 2.25\n"
         "dropdown.value = min(dropdown.options)\n"
         "print(type(explorer).__name__, slider.value, dropdown.value)"))
-    snapshots = {}
+    source = copy.deepcopy(nb)
+    for attempt in range(2):
+        # A cell that never answers is retried once in a fresh kernel: under xdist on 2 loaded cores the kernel
+        # once sat idle while nbclient waited for a reply that never came (2 of 5 runs beside the vLLM tests);
+        # a real failure (an error, a wrong figure) fails the first time. Each cell at smoke takes seconds.
+        nb, snapshots = copy.deepcopy(source), {}
 
-    def after_cell(cell, cell_index, execute_reply):
-        if "alpha_explorer(" in cell.source:
-            snapshots["initial"] = copy.deepcopy(client.widget_state)
+        def after_cell(cell, cell_index, execute_reply):
+            if "alpha_explorer(" in cell.source:
+                snapshots["initial"] = copy.deepcopy(client.widget_state)
 
-    client = NotebookClient(nb, timeout=600, kernel_name="python3", store_widget_state=True,
-                            on_cell_executed=after_cell, resources={"metadata": {"path": str(NOTEBOOK.parent)}})
-    client.execute()
+        client = NotebookClient(nb, timeout=240, kernel_name="python3", store_widget_state=True,
+                                on_cell_executed=after_cell, resources={"metadata": {"path": str(NOTEBOOK.parent)}})
+        try:
+            client.execute()
+            break
+        except CellTimeoutError:
+            if attempt:
+                raise
     explorer_cell = next(c for c in nb.cells if "alpha_explorer(" in c.source)
     assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in explorer_cell.outputs)
     assert "VBox 2.25" in "".join(o.get("text", "") for o in nb.cells[-1].outputs)
