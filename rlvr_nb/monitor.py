@@ -52,8 +52,6 @@ try:  # the callback is a TrainerCallback when transformers is there (it always 
 except ImportError:  # pragma: no cover
     TrainerCallback = object  # type: ignore[misc,assignment]
 
-FLOATING = FLOATING_DTYPES
-"""safetensors dtypes followed (those the R^2 engine analyses)."""
 
 
 @dataclass(frozen=True)
@@ -126,7 +124,7 @@ def floating_tensors(source: TensorSource) -> tuple[dict[str, int], Callable[[st
         tensors = source
         return {k: v.numel() for k, v in tensors.items() if v.is_floating_point() and v.numel() > 0}, tensors.__getitem__
     header = read_weight_index(source)
-    sizes = {n: math.prod(h.shape) for n, h in header.items() if h.dtype in FLOATING and math.prod(h.shape) > 0}
+    sizes = {n: math.prod(h.shape) for n, h in header.items() if h.dtype in FLOATING_DTYPES and math.prod(h.shape) > 0}
     return sizes, lambda name: read_tensors(source, [name], header)[name]
 
 

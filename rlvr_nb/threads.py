@@ -11,8 +11,9 @@ than 1). Analyses (R^2, evaluation) keep torch's default.
 Setting the count inside a process is not all of it: a process that started at torch's default of 2 threads and
 then trains at `set_num_threads(1)` keeps an OpenMP thread spinning at about half a core and, on the default
 `cpu` step (128 x 16 rollouts), trains another trajectory (1.8e-4 apart after 50 steps; the 32 x 16 step is not
-affected). Processes made to train (`rlvr_nb.notebook.pretrain`) therefore start with OMP_NUM_THREADS=1; trained
-that way, two of them at once reproduce the committed runs bit for bit at 0.81 s/step each (3.3 s/step without).
+affected). Processes made to train (`rlvr_nb.notebook.pretrain`) therefore start with OMP_NUM_THREADS=1
+(`single_thread_children`); trained that way, two of them at once reproduce the committed runs bit for bit at
+0.81 s/step each (3.3 s/step without).
 
 `RLVR_NB_TRAIN_THREADS=n` trains at n threads instead: faster for one run on an idle machine, but its
 trajectories (and a resumed run's continuation) differ from those trained at 1 thread.
@@ -63,3 +64,28 @@ def training_threads(fn: F) -> F:
             return fn(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+"""The environment of a training process: one thread from its start (the module docstring says why)."""
+
+
+@contextmanager
+def single_thread_children() -> Iterator[None]:
+    """Processes started inside the block inherit SINGLE_THREAD_ENV (this process's torch is already loaded and
+    keeps its own thread count); the environment is restored after."""
+    before = {k: os.environ.get(k) for k in SINGLE_THREAD_ENV}
+    os.environ.update(SINGLE_THREAD_ENV)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def worker_threads() -> tuple[str | None, int]:
+    """(OMP_NUM_THREADS, torch's thread count) as a training process sees them (what the tests check)."""
+    return os.environ.get("OMP_NUM_THREADS"), torch.get_num_threads()

@@ -9,7 +9,8 @@ from rlvr_nb.checkpoints import is_complete
 from rlvr_nb.embedded import config_hash, ensure_trajectory
 from rlvr_nb.grpo import RLConfig
 from rlvr_nb.notebook import profiles
-from rlvr_nb.notebook.pretrain import pretrain, single_thread_children, trajectories, worker_threads
+from rlvr_nb.notebook.pretrain import pretrain, trajectories
+from rlvr_nb.threads import single_thread_children, worker_threads
 
 
 def test_trajectories_are_what_the_notebooks_train():

@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import contextmanager
-from typing import Iterator
 
 from rlvr_nb.embedded import EmbeddedConfig, ensure_trajectory, ensure_warm_start, matched_sft, runs_root
 from rlvr_nb.grpo import RLConfig
 from rlvr_nb.notebook import profiles
 from rlvr_nb.sft import SFTConfig
+from rlvr_nb.threads import single_thread_children
 
 
 def trajectories(profile: str) -> list[RLConfig | SFTConfig]:
@@ -61,37 +59,6 @@ def _train(config: RLConfig | SFTConfig, emb: EmbeddedConfig) -> tuple[str, floa
     t0 = time.perf_counter()
     run = ensure_trajectory(config, emb, progress=False)
     return run.name, time.perf_counter() - t0
-
-
-SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-"""The environment of the training processes: one thread from their start. Measured (2-core machine, the cpu
-profile's 128 x 16 step): two workers that only call `torch.set_num_threads(1)` (the trainers' `threads.training_threads`)
-after their process started at the default 2 threads keep an OpenMP thread spinning at half a core each and train
-at 3.3 s/step instead of 0.81, and their trajectory is not the one-thread trajectory (1.8e-4 apart after 50 steps;
-a run trained with OMP_NUM_THREADS=1 from the start reproduces the committed runs bit for bit)."""
-
-
-@contextmanager
-def single_thread_children() -> Iterator[None]:
-    """Processes started inside the block inherit SINGLE_THREAD_ENV (this process's torch is already loaded and
-    keeps its own thread count); the environment is restored after."""
-    before = {k: os.environ.get(k) for k in SINGLE_THREAD_ENV}
-    os.environ.update(SINGLE_THREAD_ENV)
-    try:
-        yield
-    finally:
-        for k, v in before.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def worker_threads() -> tuple[str | None, int]:
-    """(OMP_NUM_THREADS, torch's thread count) as a training process sees them (what the tests check)."""
-    import torch
-
-    return os.environ.get("OMP_NUM_THREADS"), torch.get_num_threads()
 
 
 def pretrain(profile: str, jobs: int = 2) -> list[tuple[str, float]]:
