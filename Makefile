@@ -33,17 +33,23 @@ run: setup
 	$(PY) -m rlvr_nb.notebook.pretrain --profile cpu --jobs 2
 	$(PY) -m rlvr_nb.notebook.run --profile cpu; status=$$?; $(PY) -m rlvr_nb.notebook.overview --readme && exit $$status
 
-# Everything `make run` reads from a committed table, recomputed and rewritten (notebooks/data/*.json), then the
-# notebooks that read them: 02's seed table and tuning sweep, 04's robustness grid and mechanism sweep, 06's
-# re-grounding runs. Hours on 2 cores (the sweep alone trained for ~4 h; see the README).
+# Everything `make run` reads from a committed table, recomputed and rewritten (notebooks/data/*.json), then every
+# notebook on them: (1) every run known in advance (make run's, 02's seeds and tuning sweep, 04's robustness grid
+# with its SGD calibration), as two single-thread processes; (2) the two studies whose runs depend on their own
+# results, side by side, one thread each: 04's mechanism study and 06's re-grounding runs; (3) the notebooks, which
+# measure the cached runs and write 02's seed and sweep tables and 04's robustness table. See the README for its
+# wall time.
+ONE_THREAD := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 reproduce: setup
-	$(PY) -m rlvr_nb.notebook.pretrain --profile cpu --jobs 2
+	$(PY) -m rlvr_nb.notebook.pretrain --profile cpu --jobs 2 --reproduce
+	$(ONE_THREAD) $(PY) -m rlvr_nb.experiments.mechanism --profile cpu & mech=$$!; \
+	  $(ONE_THREAD) $(PY) -m rlvr_nb.notebook.run --profile cpu --only 06 -p recompute_regrounding True; s=$$?; \
+	  wait $$mech && exit $$s
 	$(PY) -m rlvr_nb.notebook.run --profile cpu --only 01
 	$(PY) -m rlvr_nb.notebook.run --profile cpu --only 02 -p recompute_seeds True -p run_sweep True
 	$(PY) -m rlvr_nb.notebook.run --profile cpu --only 03
-	$(PY) -m rlvr_nb.notebook.run --profile cpu --only 04 -p compute_robustness True -p recompute_mechanism True
+	$(PY) -m rlvr_nb.notebook.run --profile cpu --only 04 -p compute_robustness True -p recompute_robustness True
 	$(PY) -m rlvr_nb.notebook.run --profile cpu --only 05
-	$(PY) -m rlvr_nb.notebook.run --profile cpu --only 06 -p recompute_regrounding True
 	$(PY) -m rlvr_nb.notebook.run --profile cpu --only 00
 	$(PY) -m rlvr_nb.notebook.overview --readme
 

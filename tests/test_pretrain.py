@@ -21,6 +21,25 @@ def test_trajectories_are_what_the_notebooks_train():
     assert len(set(cfgs)) == len(cfgs)
 
 
+def test_reproduce_adds_the_committed_studies_runs_longest_first():
+    from dataclasses import replace
+
+    from rlvr_nb.experiments import comparisons as cmp
+    from rlvr_nb.notebook.pretrain import cost
+
+    plain, full = trajectories("cpu"), trajectories("cpu", reproduce=True)
+    assert set(plain) < set(full) and len(set(full)) == len(full)
+    assert [cost(c) for c in full] == sorted((cost(c) for c in full), reverse=True)
+    rl = profiles.rl_config("cpu")
+    assert {replace(rl, seed=s) for s in (1, 2)} <= set(full) - set(plain)  # 02's seeds (06's standard RL)
+    p02 = profiles.resolve("02_weight_linearity", "cpu")
+    base = cmp.with_steps(profiles.rl_config("cpu", **p02.sweep_base), p02.sweep_base_steps)
+    longest = cmp.with_steps(base, 3000)  # a combined sweep point (lr 5e-5, 3000 steps, checkpoints every 100)
+    assert replace(longest, lr=5e-5, ckpt_every=100) in full
+    assert any(getattr(c, "optimizer", "") == "sgd" for c in full)  # 04's grid and its SGD calibration
+    assert len(trajectories("smoke", reproduce=True)) > len(trajectories("smoke"))
+
+
 def test_pretrain_at_smoke_trains_each_run_once(tmp_path, monkeypatch):
     monkeypatch.setenv("RLVR_NB_RUNS", str(tmp_path))
     done = pretrain("smoke", jobs=2)

@@ -363,9 +363,7 @@ def sgd_calibration_rows(base: RLConfig, lrs: Sequence[float], emb: EmbeddedConf
     """How far and how well plain SGD moves the RL run in its first `steps` steps, at each learning rate, beside
     AdamW at base's (read from base's own run): the relative weight change, the reward of the last 20 steps and
     the held-out greedy accuracy at the start and at `steps` (what the SGD learning rate is chosen by)."""
-    if steps % base.ckpt_every:
-        raise ValueError(f"steps must be a multiple of ckpt_every={base.ckpt_every}, got {steps}")
-    runs = [("adamw", base.lr, base)] + [("sgd", lr, replace(base, steps=steps, optimizer="sgd", lr=lr)) for lr in lrs]
+    runs = [("adamw", base.lr, base)] + [("sgd", c.lr, c) for c in sgd_calibration_configs(base, lrs, steps)]
     rows = []
     for optimizer, lr, cfg in runs:
         run = ensure_trajectory(cfg, emb, progress)
@@ -377,6 +375,13 @@ def sgd_calibration_rows(base: RLConfig, lrs: Sequence[float], emb: EmbeddedConf
                      "acc_start": accuracy_at(run, 0)["greedy"], "acc_end": accuracy_at(run, steps)["greedy"],
                      "run": run.name})
     return rows
+
+
+def sgd_calibration_configs(base: RLConfig, lrs: Sequence[float], steps: int = 100) -> list[RLConfig]:
+    """The SGD runs `sgd_calibration_rows` trains: base's first `steps` steps with plain SGD at each rate."""
+    if steps % base.ckpt_every:
+        raise ValueError(f"steps must be a multiple of ckpt_every={base.ckpt_every}, got {steps}")
+    return [replace(base, steps=steps, optimizer="sgd", lr=lr) for lr in lrs]
 
 
 def sgd_candidates(lr: float, factors: Sequence[float] = (0.3, 1.0, 3.0)) -> list[float]:

@@ -1,12 +1,16 @@
 """Train the trajectories a profile's notebooks read, in parallel single-thread processes, before they run.
 
-    python -m rlvr_nb.notebook.pretrain --profile cpu [--jobs 2]
+    python -m rlvr_nb.notebook.pretrain --profile cpu [--jobs 2] [--reproduce]
 
 Every trainer runs at one torch thread (`rlvr_nb.threads`: the result depends on the thread count), so on a
 2-core machine two independent trainings at once use both cores (`benchmarks/bench_threads.py`: 1.83x the
 steps/s of one). The notebooks then find every run cached (`runs/<kind>-<hash>/`; each run's lock makes a second
 caller wait for the first instead of training it twice), and `make run` trains each trajectory exactly once.
 The warm start comes first, in this process: every other run starts from it.
+
+`--reproduce` (what `make reproduce` runs first) adds the runs of the studies that `make run` reads from committed
+tables: 02's seeds (also 06's standard-RL seeds) and tuning sweep, and 04's robustness grid; all runs are then
+scheduled longest first (steps x sequences per step), so that the two processes finish close together.
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ from rlvr_nb.sft import SFTConfig
 from rlvr_nb.threads import single_thread_children
 
 
-def trajectories(profile: str) -> list[RLConfig | SFTConfig]:
+def trajectories(profile: str, reproduce: bool = False) -> list[RLConfig | SFTConfig]:
     """The embedded runs the profile's notebooks train, known before they run, most expensive first: the RL run
     (01-03, 05, 06), its matched SFT run (01-03), the SFT runs of 02/03's comparisons, and 04's robustness base
     (profiles.CHEAP_RL at cpu) with its noise-injected SFT sweep. Runs whose config depends on another run's result
-    (the "same accuracy gain" window, 04's SGD calibration) are left to the notebooks."""
+    (the "same accuracy gain" window, 04's SGD calibration) are left to the notebooks. With `reproduce`, also the
+    runs of the committed studies (`reproduce_runs`), everything longest first."""
     rl = profiles.rl_config(profile)
     p02 = profiles.resolve("02_weight_linearity", profile)
     out: list[RLConfig | SFTConfig] = [rl]
@@ -36,22 +41,51 @@ def trajectories(profile: str) -> list[RLConfig | SFTConfig]:
         out += [matched_sft(rl, batch_size=rl.prompts_per_step * rl.group_size, steps=p02.seq_steps),
                 matched_sft(rl, lr=p02.customary_sft_lr)]
     out.append(profiles.sft_config(profile))
-    out += lowpass_runs(profile)
-    return list(dict.fromkeys(out))
+    out += lowpass_runs(profile, robustness=True if reproduce and profile != "smoke" else None)  # smoke reads cpu's grid
+    if not reproduce:
+        return list(dict.fromkeys(out))
+    return sorted(dict.fromkeys(out + reproduce_runs(profile)), key=cost, reverse=True)
 
 
-def lowpass_runs(profile: str) -> list[RLConfig | SFTConfig]:
+def cost(config: RLConfig | SFTConfig) -> int:
+    """A run's training cost in sequences (steps x sequences per step): measured here, ~3-4e-4 s per sequence at
+    one thread for both RL (1200 x 128 x 16: 959 s; 1000 x 32 x 16: 205 s) and SFT (500 x 2048: 304 s)."""
+    if isinstance(config, RLConfig):
+        return config.steps * config.prompts_per_step * config.group_size
+    return config.steps * config.batch_size
+
+
+def reproduce_runs(profile: str) -> list[RLConfig | SFTConfig]:
+    """The runs behind the committed study tables that `make reproduce` recomputes and that are known before any
+    notebook runs: 02's seeds (06's standard-RL seeds are the same runs) and every run of 02's tuning sweep (the
+    shorter windows read from the base run need none). 04's robustness grid comes from `lowpass_runs`; 04's
+    mechanism study and 06's re-grounding runs depend on their own earlier results and train in their studies."""
+    from rlvr_nb.experiments import comparisons as cmp
+    from rlvr_nb.experiments.seeds import seed_config
+
+    rl = profiles.rl_config(profile)
+    p02 = profiles.resolve("02_weight_linearity", profile)
+    out: list[RLConfig | SFTConfig] = [seed_config(rl, s) for s in p02.seeds]
+    base = cmp.with_steps(profiles.rl_config(profile, **p02.sweep_base), p02.sweep_base_steps)
+    out += [spec.config for _, _, spec in cmp.sweep_specs(base, p02.sweep_lrs, p02.sweep_prompts, p02.sweep_steps,
+                                                          p02.sweep_combined)]
+    return out
+
+
+def lowpass_runs(profile: str, robustness: bool | None = None) -> list[RLConfig | SFTConfig]:
     """04's runs known from its knobs: its RL base (profiles.CHEAP_RL at cpu), the noise-injected SFT sweep at
-    both learning rates (Figure 3), and the robustness grid when the profile computes it (Figure 2)."""
+    both learning rates (Figure 3), and the robustness grid (Figure 2) with its SGD calibration runs when
+    `robustness` (default: when the profile computes it)."""
     from rlvr_nb.experiments import robustness as rb
 
     p04 = profiles.resolve("04_lowpass_theory", profile)
     rl = profiles.rl_config(profile, **{**p04.rl_recipe, "seed": p04.seed})
     bases = [matched_sft(rl, steps=p04.sft_steps, lr=lr, ckpt_every=p04.sft_ckpt_every) for lr in (p04.sft_high_lr, rl.lr)]
     out: list[RLConfig | SFTConfig] = [rl] + [s.config for b in bases for s in rb.snr_settings(b, p04.snr_dbs)]
-    if p04.compute_robustness:
+    if p04.compute_robustness if robustness is None else robustness:
         out += [s.config for s in rb.robustness_settings(rl, p04.robust_steps, lrs=p04.robust_lrs, sgd_lr=p04.sgd_lr,
                                                          group_sizes=p04.group_sizes, estimators=p04.estimators)]
+        out += rb.sgd_calibration_configs(rl, rb.sgd_candidates(p04.sgd_lr))
     return out
 
 
@@ -61,8 +95,8 @@ def _train(config: RLConfig | SFTConfig, emb: EmbeddedConfig) -> tuple[str, floa
     return run.name, time.perf_counter() - t0
 
 
-def pretrain(profile: str, jobs: int = 2) -> list[tuple[str, float]]:
-    """Train (or find cached) every run of `trajectories(profile)` with `jobs` worker processes; returns
+def pretrain(profile: str, jobs: int = 2, reproduce: bool = False) -> list[tuple[str, float]]:
+    """Train (or find cached) every run of `trajectories(profile, reproduce)` with `jobs` worker processes; returns
     (run name, seconds) per run. A failed run raises after the others finish, naming its config."""
     if profile == "gpu":
         raise ValueError("pretrain trains the embedded model; at the gpu profile 01 trains your model with verl")
@@ -72,7 +106,7 @@ def pretrain(profile: str, jobs: int = 2) -> list[tuple[str, float]]:
     t0 = time.perf_counter()
     ensure_warm_start(emb, progress=False)
     done = [("warm start", time.perf_counter() - t0)]
-    configs = trajectories(profile)
+    configs = trajectories(profile, reproduce)
     errors = []
     with single_thread_children(), ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {pool.submit(_train, c, emb): c for c in configs}
@@ -93,9 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="cpu", choices=[p for p in profiles.PROFILES if p != "gpu"])
     ap.add_argument("--jobs", type=int, default=2, help="parallel single-thread training processes (default 2)")
+    ap.add_argument("--reproduce", action="store_true",
+                    help="also the runs of the studies make run reads from committed tables (make reproduce)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    done = pretrain(args.profile, args.jobs)
+    done = pretrain(args.profile, args.jobs, args.reproduce)
     print(f"[pretrain] {len(done)} runs ready under {runs_root()} in {time.perf_counter() - t0:.0f} s", flush=True)
     return 0
 
