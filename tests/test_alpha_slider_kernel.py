@@ -4,6 +4,7 @@ Output widget's state (what JupyterLab renders) must hold a new figure."""
 
 import copy
 import os
+import warnings
 from pathlib import Path
 
 import jupytext
@@ -24,6 +25,8 @@ def test_slider_redraws_in_a_kernel(tmp_path, monkeypatch):
     from nbclient import NotebookClient
     from nbclient.exceptions import CellTimeoutError
 
+    from rlvr_nb.notebook.kernels import PatientKernelManager
+
     monkeypatch.setenv("RLVR_NB_RUNS", os.environ.get("RLVR_NB_RUNS", str(tmp_path / "runs")))
     monkeypatch.setenv("RLVR_NB_OUT", str(tmp_path / "out"))
     nb = jupytext.read(NOTEBOOK)
@@ -36,9 +39,9 @@ def test_slider_redraws_in_a_kernel(tmp_path, monkeypatch):
         "print(type(explorer).__name__, slider.value, dropdown.value)"))
     source = copy.deepcopy(nb)
     for attempt in range(2):
-        # A cell that never answers is retried once in a fresh kernel: under xdist on 2 loaded cores the kernel
-        # once sat idle while nbclient waited for a reply that never came (2 of 5 runs beside the vLLM tests);
-        # a real failure (an error, a wrong figure) fails the first time. Each cell at smoke takes seconds.
+        # A cell that never answers is retried once in a fresh kernel: before PatientKernelManager, the kernel sat
+        # idle while nbclient waited for a reply that never came in 2 of 5 runs beside the vLLM tests (a request
+        # stranded on ipykernel 7's shell socket); a real failure (an error, a wrong figure) fails the first time.
         nb, snapshots = copy.deepcopy(source), {}
 
         def after_cell(cell, cell_index, execute_reply):
@@ -46,6 +49,7 @@ def test_slider_redraws_in_a_kernel(tmp_path, monkeypatch):
                 snapshots["initial"] = copy.deepcopy(client.widget_state)
 
         client = NotebookClient(nb, timeout=240, kernel_name="python3", store_widget_state=True,
+                                kernel_manager_class=PatientKernelManager,
                                 on_cell_executed=after_cell, resources={"metadata": {"path": str(NOTEBOOK.parent)}})
         try:
             client.execute()
@@ -53,6 +57,7 @@ def test_slider_redraws_in_a_kernel(tmp_path, monkeypatch):
         except CellTimeoutError:
             if attempt:
                 raise
+            warnings.warn("the slider notebook's kernel stopped answering (240 s); retried in a fresh kernel")
     explorer_cell = next(c for c in nb.cells if "alpha_explorer(" in c.source)
     assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in explorer_cell.outputs)
     assert "VBox 2.25" in "".join(o.get("text", "") for o in nb.cells[-1].outputs)

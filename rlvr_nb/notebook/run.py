@@ -403,6 +403,8 @@ def run(profile: str, only: list[str] | None = None, params: list[tuple[str, str
     (after the interrupted notebook's partial output is kept) and is raised again."""
     import papermill as pm
 
+    from rlvr_nb.notebook.kernels import PatientKernelManager
+
     todo = plan(profile, only, list(params))
     out_dir = Path(out_dir or repo_root() / "papermill_runs" / profile)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -422,7 +424,7 @@ def run(profile: str, only: list[str] | None = None, params: list[tuple[str, str
             with figures_into(staging):
                 pm.execute_notebook(nb, str(staging / f"{name}.ipynb"), parameters=inject, kernel_name=kernel_name,
                                     cwd=str(repo_root() / "notebooks"), execution_timeout=timeout_s,
-                                    progress_bar=False, log_output=False)
+                                    progress_bar=False, log_output=False, kernel_manager_class=PatientKernelManager)
         except KeyboardInterrupt as exc:
             error, interrupted = "KeyboardInterrupt: interrupted", exc
         except Exception as exc:  # papermill saved the notebook up to the failing cell
