@@ -35,10 +35,10 @@ run: setup
 
 # Everything `make run` reads from a committed table, recomputed and rewritten (notebooks/data/*.json), then every
 # notebook on them: (1) every run known in advance (make run's, 02's seeds and tuning sweep, 04's robustness grid
-# with its SGD calibration), as two single-thread processes; (2) the two studies whose runs depend on their own
-# results, side by side, one thread each: 04's mechanism study and 06's re-grounding runs; (3) the notebooks, which
-# measure the cached runs and write 02's seed and sweep tables and 04's robustness table. See the README for its
-# wall time.
+# with its SGD calibration, 06's re-grounding runs), as two single-thread processes, longest first; (2) side by
+# side at one thread each: 04's mechanism study (each variant trains its own warm start first) and 06, which
+# evaluates its cached runs and writes its table; (3) the notebooks, which measure the cached runs and write 02's
+# seed and sweep tables and 04's robustness table. See the README for its wall time.
 ONE_THREAD := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 reproduce: setup
 	$(PY) -m rlvr_nb.notebook.pretrain --profile cpu --jobs 2 --reproduce

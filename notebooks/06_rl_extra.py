@@ -79,8 +79,8 @@ from rlvr_nb.evaluate import EvalConfig
 from rlvr_nb.experiments.rl_extra import (READINGS, accuracy_curve, best_speedup, budget_rows,
                                           compute_regrounding_table, curves_from_table, ensure_regrounding_run,
                                           ensure_verl_standard_run, extrapolation_jump, plot_regrounding,
-                                          regrounding_table, relative_gain, speedup_summary, standard_configs,
-                                          study_record)
+                                          regrounding_study, regrounding_table, relative_gain, speedup_summary,
+                                          standard_configs, study_record)
 from rlvr_nb.figures import output_path, save_figure
 from rlvr_nb.findings import Finding, record_findings, verdict_over
 from rlvr_nb.notebook import profiles
@@ -98,25 +98,9 @@ gpu = profile == "gpu"
 rl = profiles.rl_config(profile, **P.rl_recipe)  # 01's recipe (GRPO, AdamW, clip 0.2/0.28, no KL)
 emb = profiles.embedded_config(profile)
 std_cfgs = standard_configs(rl, P.seeds, P.std_steps)  # seed 0: 01's run; at cpu 1 and 2: 02/03's seed study
-rl_blocks = replace(rl, eval_problems=P.block_eval_problems)
-fixed = {f"(m={m}, n={n})": (RegroundConfig(m=m, n=n, budget=P.budget, optimizer=P.optimizer), P.seeds)
-         for m, n in P.settings}
-configs = dict(fixed)
-r2_name = f"R²-guided (m={P.r2_m})" if P.r2_m else None
-if r2_name:
-    T = P.r2_checkpoints
-    configs[r2_name] = (RegroundConfig(m=P.r2_m, n=P.r2_m, budget=P.budget, optimizer=P.optimizer, horizon="r2",
-                                       r2_checkpoints=T, r2_high=r2_for_drift_to_noise(P.r2_grow_at, T),
-                                       r2_low=r2_for_drift_to_noise(P.r2_shrink_below, T),
-                                       # gpu: sample 0.1% of each tensor (the paper's mode); bf16 steps are caught by
-                                       # the 4-distinct-values filter, and lr 1e-6 moves a weight < 1e-4 inside a block
-                                       r2_sample_fraction=0.001 if gpu else None, r2_min_range=0.0 if gpu else 1e-4),
-                        P.seeds)
-other = "reset" if P.optimizer == "keep" else "keep"
-reset_name = None if P.reset_setting is None else f"(m={P.reset_setting[0]}, n={P.reset_setting[1]}) {other}"
-if reset_name:
-    configs[reset_name] = (RegroundConfig(m=P.reset_setting[0], n=P.reset_setting[1], budget=P.budget, optimizer=other),
-                           P.reset_seeds)
+rl_blocks, configs = regrounding_study(P, rl, gpu)  # {setting name: (RegroundConfig, seeds)}
+r2_name = next((name for name, (c, _) in configs.items() if c.horizon == "r2"), None)
+reset_name = next((name for name, (c, _) in configs.items() if c.optimizer != P.optimizer), None)
 eval_cfg = EvalConfig(k=P.eval_k, temperature=1.0, max_new_tokens=rl.max_new_tokens)
 print(f"{sum(len(ss) for _, ss in configs.values())} re-grounding runs of {P.budget} real steps: "
       f"{sum(len(ss) * P.budget for _, ss in configs.values())} real RL steps in all, beside {len(P.seeds)} standard-RL "

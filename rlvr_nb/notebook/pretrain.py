@@ -9,7 +9,8 @@ caller wait for the first instead of training it twice), and `make run` trains e
 The warm start comes first, in this process: every other run starts from it.
 
 `--reproduce` (what `make reproduce` runs first) adds the runs of the studies that `make run` reads from committed
-tables: 02's seeds (also 06's standard-RL seeds) and tuning sweep, and 04's robustness grid; all runs are then
+tables: 02's seeds (also 06's standard-RL seeds) and tuning sweep, 04's robustness grid and 06's re-grounding
+runs; all runs are then
 scheduled longest first (steps x sequences per step), so that the two processes finish close together.
 """
 
@@ -21,14 +22,20 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
+from dataclasses import replace
+
 from rlvr_nb.embedded import EmbeddedConfig, ensure_trajectory, ensure_warm_start, matched_sft, runs_root
 from rlvr_nb.grpo import RLConfig
 from rlvr_nb.notebook import profiles
+from rlvr_nb.regrounding import RegroundConfig
 from rlvr_nb.sft import SFTConfig
 from rlvr_nb.threads import single_thread_children
 
+Job = RLConfig | SFTConfig | tuple[RegroundConfig, RLConfig]
+"""A run to train: an RL or SFT trajectory, or a re-grounding run (its config and its blocks' RL recipe)."""
 
-def trajectories(profile: str, reproduce: bool = False) -> list[RLConfig | SFTConfig]:
+
+def trajectories(profile: str, reproduce: bool = False) -> list[Job]:
     """The embedded runs the profile's notebooks train, known before they run, most expensive first: the RL run
     (01-03, 05, 06), its matched SFT run (01-03), the SFT runs of 02/03's comparisons, and 04's robustness base
     (profiles.CHEAP_RL at cpu) with its noise-injected SFT sweep. Runs whose config depends on another run's result
@@ -36,7 +43,7 @@ def trajectories(profile: str, reproduce: bool = False) -> list[RLConfig | SFTCo
     runs of the committed studies (`reproduce_runs`), everything longest first."""
     rl = profiles.rl_config(profile)
     p02 = profiles.resolve("02_weight_linearity", profile)
-    out: list[RLConfig | SFTConfig] = [rl]
+    out: list[Job] = [rl]
     if p02.compare:
         out += [matched_sft(rl, batch_size=rl.prompts_per_step * rl.group_size, steps=p02.seq_steps),
                 matched_sft(rl, lr=p02.customary_sft_lr)]
@@ -47,32 +54,40 @@ def trajectories(profile: str, reproduce: bool = False) -> list[RLConfig | SFTCo
     return sorted(dict.fromkeys(out + reproduce_runs(profile)), key=cost, reverse=True)
 
 
-def cost(config: RLConfig | SFTConfig) -> int:
-    """A run's training cost in sequences (steps x sequences per step): measured here, ~3-4e-4 s per sequence at
+def cost(config: Job) -> int:
+    """A run's training cost in sequences (steps x sequences per step): measured here, ~3-5e-4 s per sequence at
     one thread for both RL (1200 x 128 x 16: 959 s; 1000 x 32 x 16: 205 s) and SFT (500 x 2048: 304 s)."""
+    if isinstance(config, tuple):
+        regrounding, rl = config
+        return regrounding.budget * rl.prompts_per_step * rl.group_size
     if isinstance(config, RLConfig):
         return config.steps * config.prompts_per_step * config.group_size
     return config.steps * config.batch_size
 
 
-def reproduce_runs(profile: str) -> list[RLConfig | SFTConfig]:
+def reproduce_runs(profile: str) -> list[Job]:
     """The runs behind the committed study tables that `make reproduce` recomputes and that are known before any
-    notebook runs: 02's seeds (06's standard-RL seeds are the same runs) and every run of 02's tuning sweep (the
-    shorter windows read from the base run need none). 04's robustness grid comes from `lowpass_runs`; 04's
-    mechanism study and 06's re-grounding runs depend on their own earlier results and train in their studies."""
+    notebook runs: 02's seeds (06's standard-RL seeds are the same runs), every run of 02's tuning sweep (the
+    shorter windows read from the base run need none) and every re-grounding run of 06 (each seed and setting
+    is its own run). 04's robustness grid comes from `lowpass_runs`; 04's mechanism study trains each variant's
+    own warm start first and stays in its study."""
     from rlvr_nb.experiments import comparisons as cmp
+    from rlvr_nb.experiments.rl_extra import regrounding_study
     from rlvr_nb.experiments.seeds import seed_config
 
     rl = profiles.rl_config(profile)
     p02 = profiles.resolve("02_weight_linearity", profile)
-    out: list[RLConfig | SFTConfig] = [seed_config(rl, s) for s in p02.seeds]
+    out: list[Job] = [seed_config(rl, s) for s in p02.seeds]
     base = cmp.with_steps(profiles.rl_config(profile, **p02.sweep_base), p02.sweep_base_steps)
     out += [spec.config for _, _, spec in cmp.sweep_specs(base, p02.sweep_lrs, p02.sweep_prompts, p02.sweep_steps,
                                                           p02.sweep_combined)]
+    p06 = profiles.resolve("06_rl_extra", profile)
+    blocks, settings = regrounding_study(p06, profiles.rl_config(profile, **p06.rl_recipe))
+    out += [(cfg, replace(blocks, seed=s)) for cfg, seeds in settings.values() for s in seeds]
     return out
 
 
-def lowpass_runs(profile: str, robustness: bool | None = None) -> list[RLConfig | SFTConfig]:
+def lowpass_runs(profile: str, robustness: bool | None = None) -> list[Job]:
     """04's runs known from its knobs: its RL base (profiles.CHEAP_RL at cpu), the noise-injected SFT sweep at
     both learning rates (Figure 3), and the robustness grid (Figure 2) with its SGD calibration runs when
     `robustness` (default: when the profile computes it)."""
@@ -81,7 +96,7 @@ def lowpass_runs(profile: str, robustness: bool | None = None) -> list[RLConfig 
     p04 = profiles.resolve("04_lowpass_theory", profile)
     rl = profiles.rl_config(profile, **{**p04.rl_recipe, "seed": p04.seed})
     bases = [matched_sft(rl, steps=p04.sft_steps, lr=lr, ckpt_every=p04.sft_ckpt_every) for lr in (p04.sft_high_lr, rl.lr)]
-    out: list[RLConfig | SFTConfig] = [rl] + [s.config for b in bases for s in rb.snr_settings(b, p04.snr_dbs)]
+    out: list[Job] = [rl] + [s.config for b in bases for s in rb.snr_settings(b, p04.snr_dbs)]
     if p04.compute_robustness if robustness is None else robustness:
         out += [s.config for s in rb.robustness_settings(rl, p04.robust_steps, lrs=p04.robust_lrs, sgd_lr=p04.sgd_lr,
                                                          group_sizes=p04.group_sizes, estimators=p04.estimators)]
@@ -89,9 +104,14 @@ def lowpass_runs(profile: str, robustness: bool | None = None) -> list[RLConfig 
     return out
 
 
-def _train(config: RLConfig | SFTConfig, emb: EmbeddedConfig) -> tuple[str, float]:
+def _train(config: Job, emb: EmbeddedConfig) -> tuple[str, float]:
     t0 = time.perf_counter()
-    run = ensure_trajectory(config, emb, progress=False)
+    if isinstance(config, tuple):
+        from rlvr_nb.experiments.rl_extra import ensure_regrounding_run
+
+        run = ensure_regrounding_run(*config, emb, progress=False)
+    else:
+        run = ensure_trajectory(config, emb, progress=False)
     return run.name, time.perf_counter() - t0
 
 
