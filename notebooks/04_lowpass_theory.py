@@ -54,9 +54,10 @@ robust_lrs = None  # AdamW learning rates of the robustness grid (cpu [3e-05, 0.
 sgd_lr = None  # SGD learning rate of the robustness grid (cpu 0.01)
 group_sizes = None  # rollouts per prompt of the robustness grid (cpu [16, 8])
 estimators = None  # advantage estimators of the robustness grid (cpu ["grpo", "reinforce_pp"])
-compute_robustness = None  # True: train the robustness runs and rewrite the table (make reproduce); False: read the committed cpu table
+sgd_calibration_steps = None  # steps of each SGD calibration run, from the RL start (cpu 100)
+compute_robustness = None  # True: train the robustness runs and rewrite the table (make reproduce; smoke True, tiny); False: read the committed cpu table
 recompute_robustness = False  # recompute even when the cached table matches the settings
-robustness_cache = None  # the cached table (cpu "notebooks/data/04_robustness_cpu.json")
+robustness_cache = None  # the cached table (cpu "notebooks/data/04_robustness_cpu.json"; "": this run's output folder)
 seed = None  # seed of the SFT batches and the injected noise (cpu 0)
 mechanism_study = None  # part 5: MechanismStudy fields changed from its defaults (the cpu sizes); see profiles.PARAMS
 recompute_mechanism = None  # part 5: train and measure the study (smoke True); False: read the committed table
@@ -89,7 +90,7 @@ from rlvr_nb.checkpoints import to_jsonable
 P = profiles.resolve("04_lowpass_theory", profile, theory_points=theory_points, sim_params=sim_params, snr_dbs=snr_dbs,
                      sft_high_lr=sft_high_lr, sft_steps=sft_steps, sft_ckpt_every=sft_ckpt_every,
                      grad_batches=grad_batches, n_probe=n_probe, robust_steps=robust_steps, robust_lrs=robust_lrs,
-                     sgd_lr=sgd_lr, group_sizes=group_sizes, estimators=estimators,
+                     sgd_lr=sgd_lr, group_sizes=group_sizes, estimators=estimators, sgd_calibration_steps=sgd_calibration_steps,
                      compute_robustness=compute_robustness, robustness_cache=robustness_cache, seed=seed, rl_recipe=rl_recipe,
                      mechanism_study=mechanism_study, recompute_mechanism=recompute_mechanism, mechanism_table=mechanism_table)
 emb = profiles.embedded_config(profile)
@@ -404,24 +405,27 @@ findings.append(Finding("d", "second-order share of the output change, largest o
 #
 # **The SGD learning rate is chosen by measurement.** Plain SGD with gradient clipping at 1.0 moves at most
 # one learning rate (in L2 norm) per step, so it needs a rate hundreds of times AdamW's. The first table below
-# trains the first 100 steps from the RL start with SGD at three rates around `sgd_lr` and reads AdamW's first
-# 100 steps from the baseline run: the relative weight change, the reward of the last 20 steps and the held-out
-# greedy accuracy. A rate that moves the weights much further collapses the policy (its steps concentrate on
+# trains the first `sgd_calibration_steps` steps (100 at `cpu`) from the RL start with SGD at three rates around
+# `sgd_lr` and reads AdamW's first as many steps from the baseline run: the relative weight change, the reward of
+# the last 20 steps and the held-out greedy accuracy. A rate that moves the weights much further collapses the policy (its steps concentrate on
 # the few directions with the largest gradient); the grid uses the largest rate that does not (greedy accuracy
 # down by at most 0.05), and the sentence under the table checks that `sgd_lr` is that rate.
 #
 # The runs are trained with `compute_robustness=True` at the `cpu` profile (`make reproduce` does it; cached in
 # `runs/`) and their tables are committed as `notebooks/data/04_robustness_cpu.json` with the command, commit, date
-# and wall time that made them; `make run` and the `smoke` profile read those tables instead of training.
+# and wall time that made them; `make run` reads those tables instead of training. `smoke` computes a tiny grid of
+# its own (the SGD row, 30 steps, and its calibration) into its output folder, through the same code.
 
 # %%
-cache = repo_root() / P.robustness_cache
+cache = (repo_root() / P.robustness_cache if P.robustness_cache
+         else output_path(f"04_robustness_{profile}.json", profile, reading=not P.compute_robustness))
 if P.compute_robustness:
     robust_settings = rb.robustness_settings(rl, P.robust_steps, lrs=P.robust_lrs, sgd_lr=P.sgd_lr,
                                              group_sizes=P.group_sizes, estimators=P.estimators)
-    calibrate = {"sgd_calibration": lambda: rb.sgd_calibration_rows(rl, rb.sgd_candidates(P.sgd_lr), emb)}
+    calibrate = {"sgd_calibration": lambda: rb.sgd_calibration_rows(rl, rb.sgd_candidates(P.sgd_lr), emb,
+                                                                    steps=P.sgd_calibration_steps)}
     robust_table, source = rb.cached_rows(cache, robust_settings, emb, recompute=recompute_robustness,
-                                          note="04_lowpass_theory robustness grid, cpu profile", extra=calibrate,
+                                          note=f"04_lowpass_theory robustness grid, {profile} profile", extra=calibrate,
                                           command=f"python -m rlvr_nb.notebook.run --profile {profile} --only 04 -p compute_robustness True")
 else:
     robust_table, source = rb.load_table(cache), f"read from {cache} (computed at the cpu profile)"
@@ -453,19 +457,7 @@ markdown_table(rb.table_rows(robust_rows, ["category", "label", "median", "q25",
                                            "coverage", "rel_change", "drift_cos", "acc_start", "acc_end"]))
 
 # %%
-above = [r for r in robust_rows if r["median"] > paper.R2_THRESHOLD]
-unique = {r["run"]: r for r in robust_rows}
-print(f"{len({r['run'] for r in above})} of {len(unique)} runs have a median weight R^2 above {paper.R2_THRESHOLD} "
-      f"(range {min(r['median'] for r in unique.values()):.3f} to {max(r['median'] for r in unique.values()):.3f}; "
-      "paper: {:g} to {:g}).".format(*paper.ROBUSTNESS_WEIGHT_R2_RANGE))
-for r in robust_rows:
-    if r["median"] <= paper.R2_THRESHOLD:
-        print(f"  below {paper.R2_THRESHOLD}: {r['category']}: {r['label']} (median {r['median']:.3f})")
-for r in {x["run"]: x for x in rb.low_coverage(robust_rows)}.values():
-    print(f"  {r['category']}: {r['label']}: its R^2 covers only {r['coverage']:.0%} of the weights (the rest moved "
-          f"by less than 1e-4 over the run and are left out), so its median speaks for that {r['coverage']:.0%} only; "
-          f"it moved the weights {r['rel_change']:.4f} (relative), against {unique[robust_rows[0]['run']]['rel_change']:.4f} "
-          "for the baseline.")
+print("\n".join(rb.describe_grid(robust_rows)))
 
 # %% [markdown]
 # ## 5. Beyond the paper: does sparser credit make RL more linear?

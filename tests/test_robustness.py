@@ -257,6 +257,23 @@ def test_figures():
     assert table == [{"a": 1, "b": "", "c": ""}]
 
 
+def test_a_run_without_analysed_weights_is_drawn_and_described_not_a_crash():
+    def row(run, category, label, median, active=90):
+        return {"run": run, "category": category, "label": label, "median": median, "q25": None if median is None
+                else median - 0.1, "q75": None if median is None else median + 0.1, "active": active, "total": 100,
+                "rel_change": 0.01, "checkpoints": 3}
+
+    rows = [row("a", "", "baseline", 0.8), row("b", "optimizer", "SGD", None, active=0),
+            row("c", "learning rate", "lr 3e-4", 0.6, active=20)]
+    fig = rb.plot_robustness(rows)
+    assert "no active weights" in [t.get_text() for t in fig.axes[0].texts]
+    lines = rb.describe_grid(rows)
+    assert lines[0].startswith("1 of 3 runs have a median weight R^2 above 0.7 (range 0.600 to 0.800")
+    assert any("no analysed weights: optimizer: SGD" in l and "3 checkpoints" in l for l in lines)
+    assert any("below 0.7: learning rate: lr 3e-4 (median 0.600)" in l for l in lines)
+    assert any("lr 3e-4: its R^2 covers only 20%" in l for l in lines) and not any("SGD: its R^2" in l for l in lines)
+
+
 def test_injected_snr_matches_a_direct_estimate_and_falls_with_the_noise():
     from rlvr_nb.lowpass import noise_amplitudes, token_noise_weights
     from rlvr_nb.sft import sequence_batch, token_nll

@@ -48,7 +48,7 @@ def trajectories(profile: str, reproduce: bool = False) -> list[Job]:
         out += [matched_sft(rl, batch_size=rl.prompts_per_step * rl.group_size, steps=p02.seq_steps),
                 matched_sft(rl, lr=p02.customary_sft_lr)]
     out.append(profiles.sft_config(profile))
-    out += lowpass_runs(profile, robustness=True if reproduce and profile != "smoke" else None)  # smoke reads cpu's grid
+    out += lowpass_runs(profile, robustness=True if reproduce else None)
     if not reproduce:
         return list(dict.fromkeys(out))
     return sorted(dict.fromkeys(out + reproduce_runs(profile)), key=cost, reverse=True)
@@ -100,7 +100,7 @@ def lowpass_runs(profile: str, robustness: bool | None = None) -> list[Job]:
     if p04.compute_robustness if robustness is None else robustness:
         out += [s.config for s in rb.robustness_settings(rl, p04.robust_steps, lrs=p04.robust_lrs, sgd_lr=p04.sgd_lr,
                                                          group_sizes=p04.group_sizes, estimators=p04.estimators)]
-        out += rb.sgd_calibration_configs(rl, rb.sgd_candidates(p04.sgd_lr))
+        out += rb.sgd_calibration_configs(rl, rb.sgd_candidates(p04.sgd_lr), p04.sgd_calibration_steps)
     return out
 
 

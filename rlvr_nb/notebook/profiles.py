@@ -112,21 +112,22 @@ PARAMS: dict[str, dict[str, dict]] = {
     },
     # 04_lowpass_theory:
     # The noisy-SFT sweep (Fig. 3) and the robustness grid (Fig. 2) train the embedded model at every profile;
-    # smoke reads the robustness table computed at cpu (notebooks/data/04_robustness_cpu.json).
+    # cpu reads the committed robustness table (notebooks/data/04_robustness_cpu.json; make reproduce recomputes
+    # it), smoke computes a tiny one of its own (the SGD row, 30 steps) into its output folder.
     "04_lowpass_theory": {
         "smoke": {"mechanism_study": {"scratchpads": ["", "carries"], "steps": 12, "prompts_per_step": 4, "group_size": 4, "lr": 1e-3, "ckpt_every": 4, "eval_problems": 16, "grad_batches": 3, "probe_prompts": 4, "responses_per_prompt": 2, "warm_start_steps": 150, "digits": 1}, "recompute_mechanism": True, "mechanism_table": "", "rl_recipe": {}, "theory_points": 10, "sim_params": 100, "snr_dbs": [-10.0], "sft_high_lr": 1e-3, "sft_steps": 15,
-                  "sft_ckpt_every": 5, "grad_batches": 8, "n_probe": 64, "robust_steps": 400, "robust_lrs": [3e-5, 1e-4],
-                  "sgd_lr": 0.01, "group_sizes": [16, 8], "estimators": ["grpo", "reinforce_pp"],
-                  "compute_robustness": False, "robustness_cache": "notebooks/data/04_robustness_cpu.json", "seed": 0},
+                  "sft_ckpt_every": 5, "grad_batches": 8, "n_probe": 64, "robust_steps": 30, "robust_lrs": [],
+                  "sgd_lr": 0.01, "group_sizes": [], "estimators": [], "sgd_calibration_steps": 20,
+                  "compute_robustness": True, "robustness_cache": "", "seed": 0},
         "cpu": {"mechanism_study": {}, "recompute_mechanism": False, "mechanism_table": "notebooks/data/04_mechanism_cpu.json", "rl_recipe": CHEAP_RL, "theory_points": 40, "sim_params": 400, "snr_dbs": [10.0, 0.0, -5.0, -10.0, -15.0, -20.0],
                 "sft_high_lr": 1e-3, "sft_steps": 500, "sft_ckpt_every": 50, "grad_batches": 200, "n_probe": 256,
                 "robust_steps": 400, "robust_lrs": [3e-5, 1e-4], "sgd_lr": 0.01, "group_sizes": [16, 8],
-                "estimators": ["grpo", "reinforce_pp"], "compute_robustness": False,
+                "estimators": ["grpo", "reinforce_pp"], "sgd_calibration_steps": 100, "compute_robustness": False,
                 "robustness_cache": "notebooks/data/04_robustness_cpu.json", "seed": 0},
         "gpu": {"mechanism_study": {}, "recompute_mechanism": False, "mechanism_table": "notebooks/data/04_mechanism_cpu.json", "rl_recipe": {}, "theory_points": 40, "sim_params": 400, "snr_dbs": [10.0, 0.0, -5.0, -10.0, -15.0, -20.0],
                 "sft_high_lr": 1e-3, "sft_steps": 500, "sft_ckpt_every": 50, "grad_batches": 200, "n_probe": 256,
                 "robust_steps": 400, "robust_lrs": [3e-5, 1e-4], "sgd_lr": 0.01, "group_sizes": [16, 8],
-                "estimators": ["grpo", "reinforce_pp"], "compute_robustness": False,
+                "estimators": ["grpo", "reinforce_pp"], "sgd_calibration_steps": 100, "compute_robustness": False,
                 "robustness_cache": "notebooks/data/04_robustness_cpu.json", "seed": 0},
     },
     # 05_extrapolation: steps are checkpoints of the profile's RL run
