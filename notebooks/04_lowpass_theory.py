@@ -457,7 +457,7 @@ markdown_table(rb.table_rows(robust_rows, ["category", "label", "median", "q25",
                                            "coverage", "rel_change", "drift_cos", "acc_start", "acc_end"]))
 
 # %%
-print("\n".join(rb.describe_grid(robust_rows)))
+print("\n".join(lt.describe_grid(robust_rows)))
 
 # %% [markdown]
 # ## 5. Beyond the paper: does sparser credit make RL more linear?

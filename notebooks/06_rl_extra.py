@@ -79,13 +79,13 @@ from rlvr_nb.evaluate import EvalConfig
 from rlvr_nb.experiments.rl_extra import (READINGS, accuracy_curve, best_speedup, budget_rows,
                                           compute_regrounding_table, curves_from_table, ensure_regrounding_run,
                                           ensure_verl_standard_run, extrapolation_jump, plot_regrounding,
-                                          regrounding_study, regrounding_table, relative_gain, speedup_summary,
-                                          standard_configs, study_record)
+                                          regrounding_table, relative_gain, speedup_summary, standard_configs,
+                                          study_record)
 from rlvr_nb.figures import output_path, save_figure
 from rlvr_nb.findings import Finding, record_findings, verdict_over
 from rlvr_nb.notebook import profiles
 from rlvr_nb.notebook.report import markdown_table
-from rlvr_nb.regrounding import RegroundConfig, r2_for_drift_to_noise, regrounding_alpha
+from rlvr_nb.regrounding import RegroundConfig, r2_for_drift_to_noise, regrounding_alpha, regrounding_study
 from rlvr_nb.tasks import AdditionTask
 
 P = profiles.resolve("06_rl_extra", profile, seeds=seeds, std_steps=std_steps, budget=budget, settings=settings,

@@ -37,7 +37,7 @@ def test_reproduce_adds_the_committed_studies_runs_longest_first():
     longest = cmp.with_steps(base, 3000)  # a combined sweep point (lr 5e-5, 3000 steps, checkpoints every 100)
     assert replace(longest, lr=5e-5, ckpt_every=100) in full
     assert any(getattr(c, "optimizer", "") == "sgd" for c in full)  # 04's grid and its SGD calibration
-    from rlvr_nb.experiments.rl_extra import regrounding_study
+    from rlvr_nb.regrounding import regrounding_study
 
     p06 = profiles.resolve("06_rl_extra", "cpu")
     blocks, settings = regrounding_study(p06, profiles.rl_config("cpu", **p06.rl_recipe))

@@ -267,7 +267,9 @@ def test_a_run_without_analysed_weights_is_drawn_and_described_not_a_crash():
             row("c", "learning rate", "lr 3e-4", 0.6, active=20)]
     fig = rb.plot_robustness(rows)
     assert "no active weights" in [t.get_text() for t in fig.axes[0].texts]
-    lines = rb.describe_grid(rows)
+    from rlvr_nb.experiments.lowpass_theory import describe_grid
+
+    lines = describe_grid(rows)
     assert lines[0].startswith("1 of 3 runs have a median weight R^2 above 0.7 (range 0.600 to 0.800")
     assert any("no analysed weights: optimizer: SGD" in l and "3 checkpoints" in l for l in lines)
     assert any("below 0.7: learning rate: lr 3e-4 (median 0.600)" in l for l in lines)

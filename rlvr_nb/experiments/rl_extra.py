@@ -200,32 +200,6 @@ def target_from_standard(std: Mapping[int, Curve], step: int) -> float:
     return float(np.mean([c.accuracy[list(c.real_steps).index(step)] for c in std.values()]))
 
 
-def regrounding_study(P, rl: RLConfig, gpu: bool = False) -> tuple[RLConfig, dict[str, tuple[RegroundConfig, list[int]]]]:
-    """06's runs from its resolved knobs `P` and RL recipe `rl`: (the recipe of every block, with the trainer's own
-    per-block evaluation of `P.block_eval_problems` problems; {setting name: (RegroundConfig, seeds)}): the fixed
-    (m, n) settings over `P.seeds`, the R^2-guided horizon when `P.r2_m`, and the other optimizer choice at
-    `P.reset_setting` over `P.reset_seeds`. `rlvr_nb.notebook.pretrain` trains the same runs ahead of time."""
-    from rlvr_nb.regrounding import r2_for_drift_to_noise
-
-    configs = {f"(m={m}, n={n})": (RegroundConfig(m=m, n=n, budget=P.budget, optimizer=P.optimizer), list(P.seeds))
-               for m, n in P.settings}
-    if P.r2_m:
-        T = P.r2_checkpoints
-        configs[f"R²-guided (m={P.r2_m})"] = (
-            RegroundConfig(m=P.r2_m, n=P.r2_m, budget=P.budget, optimizer=P.optimizer, horizon="r2", r2_checkpoints=T,
-                           r2_high=r2_for_drift_to_noise(P.r2_grow_at, T), r2_low=r2_for_drift_to_noise(P.r2_shrink_below, T),
-                           # gpu: sample 0.1% of each tensor (the paper's mode); bf16 steps are caught by the
-                           # 4-distinct-values filter, and lr 1e-6 moves a weight < 1e-4 inside a block
-                           r2_sample_fraction=0.001 if gpu else None, r2_min_range=0.0 if gpu else 1e-4),
-            list(P.seeds))
-    if P.reset_setting is not None:
-        other = "reset" if P.optimizer == "keep" else "keep"
-        m, n = P.reset_setting
-        configs[f"(m={m}, n={n}) {other}"] = (RegroundConfig(m=m, n=n, budget=P.budget, optimizer=other),
-                                             list(P.reset_seeds))
-    return replace(rl, eval_problems=P.block_eval_problems), configs
-
-
 def study_record(rl: RLConfig, eval_cfg, problems: str, std: Mapping[int, RLConfig],
                  configs: Mapping[str, tuple[RegroundConfig, Sequence[int]]], target_step: int | None,
                  target: float | None) -> dict:

@@ -402,34 +402,6 @@ def low_coverage(rows: Sequence[dict], below: float = 0.5) -> list[dict]:
     return [{**r, "coverage": r["active"] / r["total"]} for r in rows if r["total"] and r["active"] / r["total"] < below]
 
 
-def describe_grid(rows: Sequence[dict], threshold: float = paper.R2_THRESHOLD) -> list[str]:
-    """What 04 prints under the robustness table: how many runs have a median weight R^2 above `threshold`, their
-    range beside the paper's, each run below it or without any analysed weight, and each run whose statistics
-    cover less than half of the weights."""
-    unique = {r["run"]: r for r in rows}
-    analysed = [r for r in unique.values() if r["median"] is not None]
-    above = [r for r in analysed if r["median"] > threshold]
-    span = (f"range {min(r['median'] for r in analysed):.3f} to {max(r['median'] for r in analysed):.3f}"
-            if analysed else "no run has analysed weights")
-    lines = [f"{len(above)} of {len(unique)} runs have a median weight R^2 above {threshold} ({span}; paper: "
-             "{:g} to {:g}).".format(*paper.ROBUSTNESS_WEIGHT_R2_RANGE)]
-    for r in rows:
-        if r["median"] is None:
-            lines.append(f"  no analysed weights: {r['category']}: {r['label']} (no weight passed the R^2 filters, a "
-                         f"range of at least 1e-4 and 4 distinct values over its {r['checkpoints']} checkpoints; "
-                         f"relative weight change {r['rel_change']:.2e})")
-        elif r["median"] <= threshold:
-            lines.append(f"  below {threshold}: {r['category']}: {r['label']} (median {r['median']:.3f})")
-    base = unique[rows[0]["run"]]["rel_change"] if rows else float("nan")
-    for r in {x["run"]: x for x in low_coverage(rows)}.values():
-        if r["median"] is not None:
-            lines.append(f"  {r['category']}: {r['label']}: its R^2 covers only {r['coverage']:.0%} of the weights (the "
-                         f"rest moved by less than 1e-4 over the run and are left out), so its median speaks for that "
-                         f"{r['coverage']:.0%} only; it moved the weights {r['rel_change']:.4f} (relative), against "
-                         f"{base:.4f} for the baseline.")
-    return lines
-
-
 # --------------------------------------------------------------------------------------------------
 # Findings
 

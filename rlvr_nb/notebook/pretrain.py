@@ -27,7 +27,7 @@ from dataclasses import replace
 from rlvr_nb.embedded import EmbeddedConfig, ensure_trajectory, ensure_warm_start, matched_sft, runs_root
 from rlvr_nb.grpo import RLConfig
 from rlvr_nb.notebook import profiles
-from rlvr_nb.regrounding import RegroundConfig
+from rlvr_nb.regrounding import RegroundConfig, regrounding_study
 from rlvr_nb.sft import SFTConfig
 from rlvr_nb.threads import single_thread_children
 
@@ -72,7 +72,6 @@ def reproduce_runs(profile: str) -> list[Job]:
     is its own run). 04's robustness grid comes from `lowpass_runs`; 04's mechanism study trains each variant's
     own warm start first and stays in its study."""
     from rlvr_nb.experiments import comparisons as cmp
-    from rlvr_nb.experiments.rl_extra import regrounding_study
     from rlvr_nb.experiments.seeds import seed_config
 
     rl = profiles.rl_config(profile)
