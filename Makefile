@@ -39,7 +39,8 @@ run: setup
 # side at one thread each: 04's mechanism study (each variant trains its own warm start first) and 06, which
 # evaluates its cached runs and writes its table; (3) the notebooks, which measure the cached runs and write 02's
 # seed and sweep tables and 04's robustness table. See the README for its wall time.
-ONE_THREAD := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
+# The environment of a one-thread process, read from rlvr_nb.threads (expanded when a recipe uses it).
+ONE_THREAD = $(shell $(PY) -c "from rlvr_nb.threads import SINGLE_THREAD_ENV as e; print(*(k + '=' + v for k, v in e.items()))")
 reproduce: setup
 	$(PY) -m rlvr_nb.notebook.pretrain --profile cpu --jobs 2 --reproduce
 	$(ONE_THREAD) $(PY) -m rlvr_nb.experiments.mechanism --profile cpu & mech=$$!; \

@@ -407,9 +407,10 @@ findings.append(Finding("d", "second-order share of the output change, largest o
 # one learning rate (in L2 norm) per step, so it needs a rate hundreds of times AdamW's. The first table below
 # trains the first `sgd_calibration_steps` steps (100 at `cpu`) from the RL start with SGD at three rates around
 # `sgd_lr` and reads AdamW's first as many steps from the baseline run: the relative weight change, the reward of
-# the last 20 steps and the held-out greedy accuracy. A rate that moves the weights much further collapses the policy (its steps concentrate on
-# the few directions with the largest gradient); the grid uses the largest rate that does not (greedy accuracy
-# down by at most 0.05), and the sentence under the table checks that `sgd_lr` is that rate.
+# the last 20 steps and the held-out greedy accuracy. A rate that moves the weights much further collapses the
+# policy (its steps concentrate on the few directions with the largest gradient); the grid uses the largest rate
+# that does not (greedy accuracy down by at most 0.05), and the sentence under the table checks that `sgd_lr` is
+# that rate.
 #
 # The runs are trained with `compute_robustness=True` at the `cpu` profile (`make reproduce` does it; cached in
 # `runs/`) and their tables are committed as `notebooks/data/04_robustness_cpu.json` with the command, commit, date

@@ -10,8 +10,8 @@ The warm start comes first, in this process: every other run starts from it.
 
 `--reproduce` (what `make reproduce` runs first) adds the runs of the studies that `make run` reads from committed
 tables: 02's seeds (also 06's standard-RL seeds) and tuning sweep, 04's robustness grid and 06's re-grounding
-runs; all runs are then
-scheduled longest first (steps x sequences per step), so that the two processes finish close together.
+runs. Runs are scheduled longest first (`cost`: steps x sequences per step), so that the two processes finish
+close together.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import multiprocessing
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-
 from dataclasses import replace
 
 from rlvr_nb.embedded import EmbeddedConfig, ensure_trajectory, ensure_warm_start, matched_sft, runs_root
@@ -36,11 +35,11 @@ Job = RLConfig | SFTConfig | tuple[RegroundConfig, RLConfig]
 
 
 def trajectories(profile: str, reproduce: bool = False) -> list[Job]:
-    """The embedded runs the profile's notebooks train, known before they run, most expensive first: the RL run
-    (01-03, 05, 06), its matched SFT run (01-03), the SFT runs of 02/03's comparisons, and 04's robustness base
-    (profiles.CHEAP_RL at cpu) with its noise-injected SFT sweep. Runs whose config depends on another run's result
-    (the "same accuracy gain" window, 04's SGD calibration) are left to the notebooks. With `reproduce`, also the
-    runs of the committed studies (`reproduce_runs`), everything longest first."""
+    """The embedded runs the profile's notebooks train, known before they run, most expensive first (`cost`): the
+    RL run (01-03, 05, 06), its matched SFT run (01-03), the SFT runs of 02/03's comparisons, and 04's robustness
+    base (profiles.CHEAP_RL at cpu) with its noise-injected SFT sweep (and its robustness grid where the profile
+    computes it). A run whose config depends on another run's result (the "same accuracy gain" window) is left to
+    its notebook. With `reproduce`, also the runs of the committed studies (`reproduce_runs`)."""
     rl = profiles.rl_config(profile)
     p02 = profiles.resolve("02_weight_linearity", profile)
     out: list[Job] = [rl]
@@ -48,10 +47,10 @@ def trajectories(profile: str, reproduce: bool = False) -> list[Job]:
         out += [matched_sft(rl, batch_size=rl.prompts_per_step * rl.group_size, steps=p02.seq_steps),
                 matched_sft(rl, lr=p02.customary_sft_lr)]
     out.append(profiles.sft_config(profile))
-    out += lowpass_runs(profile, robustness=True if reproduce else None)
-    if not reproduce:
-        return list(dict.fromkeys(out))
-    return sorted(dict.fromkeys(out + reproduce_runs(profile)), key=cost, reverse=True)
+    out += lowpass_runs(profile, robustness=reproduce or None)
+    if reproduce:
+        out += reproduce_runs(profile)
+    return sorted(dict.fromkeys(out), key=cost, reverse=True)
 
 
 def cost(config: Job) -> int:
