@@ -39,11 +39,11 @@ class PatientShellChannel(AsyncZMQSocketChannel):
     async def get_msg(self, timeout: float | None = None) -> dict[str, Any]:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            left = NUDGE_S if deadline is None else min(NUDGE_S, deadline - time.monotonic())
+            wait = NUDGE_S if deadline is None else min(NUDGE_S, max(deadline - time.monotonic(), 0.0))
             try:
-                return await super().get_msg(timeout=max(left, 0.0))
+                return await super().get_msg(timeout=wait)
             except Empty:
-                if deadline is not None and time.monotonic() >= deadline:
+                if wait < NUDGE_S:  # the caller's deadline came before a whole silence: no nudge, no spinning
                     raise
                 self.send(self.session.msg("kernel_info_request"))
                 self.nudges += 1
