@@ -79,3 +79,32 @@ def test_training_processes_start_at_one_thread(monkeypatch):
     with single_thread_children(), ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         assert pool.submit(worker_threads).result() == ("1", 1)
     assert os.environ["OMP_NUM_THREADS"] == "2"
+
+
+def test_a_sigterm_to_pretrain_stops_its_workers(tmp_path):
+    """`kill <pretrain>` (SIGTERM to the parent alone) used to leave its spawned workers training."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    script = tmp_path / "pool.py"
+    script.write_text("import time\nfrom rlvr_nb.notebook.pretrain import in_processes\n\n"
+                      "if __name__ == '__main__':\n"
+                      "    for _ in in_processes(time.sleep, [(120,), (120,), (120,)], 2):\n        pass\n")
+    parent = subprocess.Popen([sys.executable, str(script)])
+    try:
+        proc, deadline = psutil.Process(parent.pid), time.monotonic() + 60
+        while len(workers := [c for c in proc.children() if "spawn_main" in " ".join(c.cmdline())]) < 2:
+            assert time.monotonic() < deadline and parent.poll() is None, "workers never started"
+            time.sleep(0.2)
+        time.sleep(1.0)  # the workers are now in time.sleep
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(timeout=30) == 128 + signal.SIGTERM
+        gone, alive = psutil.wait_procs(workers, timeout=10)
+        assert not alive, [w.pid for w in alive]
+    finally:
+        for p in psutil.Process().children(recursive=True):
+            p.kill()

@@ -20,7 +20,10 @@ import argparse
 import multiprocessing
 import sys
 import time
+import signal
+import threading
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Any, Callable, Iterator
 from dataclasses import replace
 
 from rlvr_nb.embedded import EmbeddedConfig, ensure_trajectory, ensure_warm_start, matched_sft, runs_root
@@ -113,6 +116,34 @@ def _train(config: Job, emb: EmbeddedConfig) -> tuple[str, float]:
     return run.name, time.perf_counter() - t0
 
 
+def in_processes(fn: Callable[..., Any], args: list[tuple], jobs: int) -> Iterator[tuple[tuple, Any]]:
+    """fn(*a) for each a of args in `jobs` spawned worker processes, yielding (a, result or the exception it
+    raised) as each finishes. A SIGTERM to this process stops the workers too (a Ctrl-C reaches them by itself;
+    a `kill` of this process alone would leave them training) and then ends this process with status 143; a
+    killed run resumes from its last complete checkpoint on the next call."""
+    before = set(multiprocessing.active_children())
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+
+        def stop(signum, frame):
+            pool.shutdown(wait=False, cancel_futures=True)
+            for worker in set(multiprocessing.active_children()) - before:
+                worker.terminate()
+            raise SystemExit(128 + signum)
+
+        in_main = threading.current_thread() is threading.main_thread()  # signal handlers live there only
+        previous = signal.signal(signal.SIGTERM, stop) if in_main else None
+        try:
+            futures = {pool.submit(fn, *a): a for a in args}
+            for f in as_completed(futures):
+                try:
+                    yield futures[f], f.result()
+                except Exception as e:  # noqa: BLE001 -- the caller reports it
+                    yield futures[f], e
+        finally:
+            if in_main:
+                signal.signal(signal.SIGTERM, previous)
+
+
 def pretrain(profile: str, jobs: int = 2, reproduce: bool = False) -> list[tuple[str, float]]:
     """Train (or find cached) every run of `trajectories(profile, reproduce)` with `jobs` worker processes; returns
     (run name, seconds) per run. A failed run raises after the others finish, naming its config."""
@@ -126,16 +157,13 @@ def pretrain(profile: str, jobs: int = 2, reproduce: bool = False) -> list[tuple
     done = [("warm start", time.perf_counter() - t0)]
     configs = trajectories(profile, reproduce)
     errors = []
-    with single_thread_children(), ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_train, c, emb): c for c in configs}
-        for f in as_completed(futures):
-            try:
-                name, seconds = f.result()
-            except Exception as e:  # noqa: BLE001 -- reported with its config, after the others finish
-                errors.append(f"{type(futures[f]).__name__}({futures[f]}): {type(e).__name__}: {e}")
+    with single_thread_children():
+        for config, out in in_processes(_train, [(c, emb) for c in configs], jobs):
+            if isinstance(out, Exception):  # reported with its config, after the others finish
+                errors.append(f"{type(config[0]).__name__}({config[0]}): {type(out).__name__}: {out}")
                 continue
-            done.append((name, seconds))
-            print(f"[pretrain] {name}: {seconds:.0f} s", flush=True)
+            done.append(out)
+            print(f"[pretrain] {out[0]}: {out[1]:.0f} s", flush=True)
     if errors:
         raise RuntimeError("pretrain: " + "; ".join(errors))
     return done
