@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -26,6 +27,8 @@ from typing import Iterator
 
 import jupytext
 import nbformat
+
+from rlvr_nb.notebook.kernels import TRANSPORT_ENV
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
@@ -123,10 +126,11 @@ def write_json(path: Path, data: dict) -> None:
 
 
 @contextmanager
-def jupyterlab(base: Path, widget_front_end: bool = True, timeout: float = 90.0) -> Iterator[Lab]:
+def jupyterlab(base: Path, widget_front_end: bool = True, timeout: float = 90.0,
+               runs: Path | None = None) -> Iterator[Lab]:
     """JupyterLab from this .venv on 127.0.0.1 (free port, random token) over base/root, with its settings,
     workspaces, runtime files and config in `base` (nothing of the user's own JupyterLab set-up is read or
-    changed). widget_front_end=False disables the widget extension, as in a JupyterLab installed without
+    changed); its kernels cache trained runs in `runs` (default base/runs: never the checkout's runs/). widget_front_end=False disables the widget extension, as in a JupyterLab installed without
     `jupyterlab_widgets`. The server, and with it its kernels, is shut down on exit whatever happened."""
     import jupyterlab  # noqa: F401  (a clear error before a server that cannot start)
 
@@ -139,12 +143,19 @@ def jupyterlab(base: Path, widget_front_end: bool = True, timeout: float = 90.0)
         write_json(config / "labconfig" / "page_config.json",
                    {"disabledExtensions": {"@jupyter-widgets/jupyterlab-manager": True}})
     port, token = free_port(), secrets.token_hex(16)
+    ipc = os.environ.get(TRANSPORT_ENV) == "ipc"  # the suite's kernels on Unix sockets (rlvr_nb.notebook.kernels)
+    # the server names its kernels' sockets after their connection files: a short runtime directory keeps those
+    # names under a Unix socket's ~107 characters
+    runtime = Path(tempfile.mkdtemp(prefix="rlvr-nb-lab-")) if ipc else base / "runtime"
     env = {**os.environ, "JUPYTERLAB_SETTINGS_DIR": str(settings), "JUPYTERLAB_WORKSPACES_DIR": str(base / "workspaces"),
-           "JUPYTER_RUNTIME_DIR": str(base / "runtime"), "JUPYTER_CONFIG_DIR": str(config),
-           "RLVR_NB_OUT": str(base / "out")}  # the notebooks' figures, not papermill_runs/interactive
+           "JUPYTER_RUNTIME_DIR": str(runtime), "JUPYTER_CONFIG_DIR": str(config),
+           "RLVR_NB_OUT": str(base / "out"),  # the notebooks' figures, not papermill_runs/interactive
+           "RLVR_NB_RUNS": str(runs or base / "runs")}
     cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
            "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
            "--ServerApp.allow_root=True", "--LabApp.expose_app_in_browser=True", "--ServerApp.terminals_enabled=False"]
+    if ipc:
+        cmd.append("--KernelManager.transport=ipc")
     url = f"http://127.0.0.1:{port}"
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -166,6 +177,8 @@ def jupyterlab(base: Path, widget_front_end: bool = True, timeout: float = 90.0)
         yield lab
     finally:
         stop_server(proc, url, token)
+        if ipc:
+            shutil.rmtree(runtime, ignore_errors=True)
 
 
 def stop_server(proc: subprocess.Popen, url: str, token: str) -> None:

@@ -3,7 +3,6 @@ interactive = True under nbclient, a later cell moves the slider and the t_secon
 Output widget's state (what JupyterLab renders) must hold a new figure."""
 
 import copy
-import os
 import warnings
 from pathlib import Path
 
@@ -21,13 +20,13 @@ def output_pngs(widget_state: dict) -> list[str]:
 
 
 @pytest.mark.notebook
-def test_slider_redraws_in_a_kernel(tmp_path, monkeypatch):
+def test_slider_redraws_in_a_kernel(tmp_path, monkeypatch, smoke_runs):
     from nbclient import NotebookClient
     from nbclient.exceptions import CellTimeoutError
 
     from rlvr_nb.notebook.kernels import PatientKernelManager
 
-    monkeypatch.setenv("RLVR_NB_RUNS", os.environ.get("RLVR_NB_RUNS", str(tmp_path / "runs")))
+    monkeypatch.setenv("RLVR_NB_RUNS", str(smoke_runs[0]))  # the suite's smoke cache: 05's runs are trained
     monkeypatch.setenv("RLVR_NB_OUT", str(tmp_path / "out"))
     nb = jupytext.read(NOTEBOOK)
     i = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))

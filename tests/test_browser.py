@@ -3,9 +3,9 @@ headless Chromium (Debian's package, driven by playwright), and what a JupyterLa
 end shows instead.
 
 The browser tests start JupyterLab on 127.0.0.1 over a temporary root holding copies of the notebooks at
-`smoke` with `interactive = True`, run every cell with the registered `Python (rlvr-nb)` kernel (trained
-runs are cached in runs/), then move each slider by keyboard and by drag (and 05's t_second dropdown),
-asserting every time that the figure's PNG changes and that the console has no widget error. Screenshots
+`smoke` with `interactive = True`, run every cell with the registered `Python (rlvr-nb)` kernel (the trained
+runs come from the suite's smoke cache, `smoke_runs` in conftest.py), then move each slider by keyboard and by
+drag (and 05's t_second dropdown), asserting every time that the figure's PNG changes and that the console has no widget error. Screenshots
 before and after each interaction go to tests/output/browser/; the median redraw time per interaction is
 printed. Chromium is installed with apt-get when missing (as root); when it cannot be, the tests fail,
 unless RLVR_NB_NO_BROWSER=1 is set, which skips them. The first group needs no browser.
@@ -132,9 +132,9 @@ def browser(chromium):
 
 
 @pytest.fixture(scope="module")
-def lab(chromium, tmp_path_factory):
+def lab(chromium, tmp_path_factory, smoke_runs):
     try:
-        with jupyterlab(tmp_path_factory.mktemp("lab")) as server:
+        with jupyterlab(tmp_path_factory.mktemp("lab"), runs=smoke_runs[0]) as server:
             yield server
     except BrowserSetupError as e:
         pytest.fail(str(e))

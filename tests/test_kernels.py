@@ -4,6 +4,9 @@ ipykernel 7 stranding, ipython/ipykernel#1554) is answered, and the caller's tim
 from __future__ import annotations
 
 import asyncio
+import os
+import tempfile
+from pathlib import Path
 from queue import Empty
 
 import pytest
@@ -79,3 +82,41 @@ def test_the_runner_and_its_kernels_use_it():
     km = kernels.PatientKernelManager(kernel_name="python3")
     assert km.client_class == "rlvr_nb.notebook.kernels.PatientKernelClient"
     assert km.client().shell_channel_class is kernels.PatientShellChannel
+
+
+def test_ipc_kernels_get_socket_names_of_their_own(monkeypatch, tmp_path):
+    """RLVR_NB_KERNEL_TRANSPORT=ipc: two kernels started from one directory get distinct socket paths (jupyter's own
+    default there is `kernel-ipc` for both), and a kernel started that way answers; a runtime directory whose path
+    is too long for a socket's name falls back to the temporary directory."""
+    from jupyter_client.blocking import BlockingKernelClient
+
+    monkeypatch.setenv(kernels.TRANSPORT_ENV, "ipc")
+    runtime = Path(tempfile.mkdtemp(prefix="rt-"))  # short: a socket's name has at most ~107 characters
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(runtime))
+    monkeypatch.chdir(tmp_path)
+    a, b = kernels.PatientKernelManager(kernel_name="python3"), kernels.PatientKernelManager(kernel_name="python3")
+    assert a.transport == b.transport == "ipc" and a.ip != b.ip and a.ip.startswith(str(runtime))
+
+    async def start_and_ask():
+        await a.start_kernel()
+        try:
+            client = BlockingKernelClient()
+            client.load_connection_info(a.get_connection_info())
+            client.start_channels()
+            try:
+                assert client.execute_interactive("x = 6 * 7", timeout=60)["content"]["status"] == "ok"
+            finally:
+                client.stop_channels()
+            return sorted(p.name for p in runtime.iterdir() if "-ipc-" in p.name)
+        finally:
+            await a.shutdown_kernel(now=True)
+
+    sockets = asyncio.run(start_and_ask())
+    assert sockets and all(name.startswith(os.path.basename(a.ip)) for name in sockets)
+    assert not [p for p in runtime.iterdir() if "-ipc-" in p.name]  # removed with the kernel
+    runtime.rmdir()
+    monkeypatch.delenv(kernels.TRANSPORT_ENV)
+    assert kernels.PatientKernelManager(kernel_name="python3").transport == "tcp"
+    monkeypatch.setenv(kernels.TRANSPORT_ENV, "ipc")
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / ("x" * 120)))
+    assert kernels.PatientKernelManager(kernel_name="python3").ip.startswith(tempfile.gettempdir() + os.sep + "kernel-")

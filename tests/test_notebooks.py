@@ -1,6 +1,7 @@
 """Notebooks: the .py/.ipynb pairs have not drifted, each has one parameters cell whose knobs cover the
 profile table, and every notebook executes at the smoke profile (in order, sharing one runs/ cache)."""
 
+import json
 from pathlib import Path
 
 import jupytext
@@ -42,10 +43,10 @@ def test_parameters_cell_covers_the_profile_table(path):
 
 
 @pytest.fixture(scope="module")
-def smoke_env(tmp_path_factory, monkeypatch_module):
-    runs = tmp_path_factory.mktemp("runs")
+def smoke_env(tmp_path_factory, monkeypatch_module, smoke_runs):
+    """The output folder; the runs are the suite's shared smoke cache, which pretrain filled first (as in `make run`)."""
     out = tmp_path_factory.mktemp("papermill_smoke")
-    monkeypatch_module.setenv("RLVR_NB_RUNS", str(runs))
+    monkeypatch_module.setenv("RLVR_NB_RUNS", str(smoke_runs[0]))
     return out
 
 
@@ -58,7 +59,10 @@ def monkeypatch_module():
 
 @pytest.mark.notebook
 @pytest.mark.parametrize("name", [p.stem for p in SOURCES])
-def test_notebook_runs_at_smoke(name, smoke_env):
+def test_notebook_runs_at_smoke(name, smoke_env, smoke_runs):
     failed = run("smoke", only=[name], out_dir=smoke_env, timeout_s=600)
     assert failed == 0, f"{name} failed at the smoke profile; see {smoke_env / (name + '.ipynb')}"
     assert (smoke_env / f"{name}.ipynb").exists()
+    pretrained = {run_name for run_name, _ in smoke_runs[1][1:]}
+    trained = {t.get("run") for t in json.loads((smoke_env / "manifest.json").read_text())["notebooks"][name]["trained"]}
+    assert not trained & pretrained, f"{name} trained again what pretrain had trained: {sorted(trained & pretrained)}"

@@ -47,9 +47,11 @@ def test_reproduce_adds_the_committed_studies_runs_longest_first():
     assert len(trajectories("smoke", reproduce=True)) > len(trajectories("smoke"))
 
 
-def test_pretrain_at_smoke_trains_each_run_once(tmp_path, monkeypatch):
+def test_pretrain_at_smoke_trains_each_run_once(smoke_runs, monkeypatch):
+    """(The suite's shared smoke cache: pretrain filled it before any notebook test reads it; test_notebooks checks
+    that the notebooks then train none of these runs again.)"""
+    tmp_path, done = smoke_runs
     monkeypatch.setenv("RLVR_NB_RUNS", str(tmp_path))
-    done = pretrain("smoke", jobs=2)
     emb = profiles.embedded_config("smoke")
     runs = {(f"rl-" if isinstance(c, RLConfig) else "sft-") + config_hash(emb, c): c for c in trajectories("smoke")}
     assert {name for name, _ in done[1:]} == set(runs)

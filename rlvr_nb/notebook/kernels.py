@@ -13,18 +13,31 @@ caller's timeout still holds. The runner (`rlvr_nb.notebook.run`) and the kernel
 
     papermill.execute_notebook(..., kernel_manager_class=PatientKernelManager)
     nbclient.NotebookClient(nb, kernel_manager_class=PatientKernelManager)
+
+`RLVR_NB_KERNEL_TRANSPORT=ipc` starts its kernels on Unix sockets with names of their own instead of TCP ports:
+two processes that start kernels at the same moment can otherwise hand both the same free port (each picks a
+free port, closes it and lets the kernel bind it later: jupyter_client#487). The test suite sets it, so that
+its two pytest-xdist workers can both start kernels.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
+import uuid
 from queue import Empty
 from typing import Any
 
+import zmq
 from jupyter_client.asynchronous import AsyncKernelClient
 from jupyter_client.channels import AsyncZMQSocketChannel
 from jupyter_client.manager import AsyncKernelManager
-from traitlets import DottedObjectName, Type
+from jupyter_core.paths import jupyter_runtime_dir
+from traitlets import DottedObjectName, Type, default
+
+TRANSPORT_ENV = "RLVR_NB_KERNEL_TRANSPORT"
+"""`tcp` (jupyter's default) or `ipc`; see the module docstring."""
 
 NUDGE_S = 10.0
 """Seconds without any shell message after which the client sends a kernel_info request."""
@@ -60,3 +73,21 @@ class PatientKernelManager(AsyncKernelManager):
 
     client_class = DottedObjectName("rlvr_nb.notebook.kernels.PatientKernelClient")
     client_factory = Type(PatientKernelClient)  # what `client()` builds (AsyncKernelManager fixes its own)
+
+    @default("transport")
+    def _transport_default(self) -> str:
+        return os.environ.get(TRANSPORT_ENV, "tcp")
+
+    @default("ip")
+    def _ip_default(self) -> str:
+        """For ipc: sockets <runtime dir>/kernel-<random>-ipc-<n>, unique per kernel (jupyter's own default without
+        a connection file, `kernel-ipc` in the working directory, is shared by every kernel started there), in the
+        temporary directory where that path would pass the length limit of a Unix socket's name."""
+        if self.transport != "ipc":
+            return super()._ip_default()
+        stem = (os.path.splitext(self.connection_file)[0] if self.connection_file
+                else os.path.join(jupyter_runtime_dir(), f"kernel-{uuid.uuid4().hex[:12]}"))
+        if len(stem) + len("-ipc-99") > getattr(zmq, "IPC_PATH_MAX_LEN", 103):
+            stem = os.path.join(tempfile.gettempdir(), f"kernel-{uuid.uuid4().hex[:12]}")
+        os.makedirs(os.path.dirname(stem), exist_ok=True)
+        return stem + "-ipc"
