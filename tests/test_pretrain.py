@@ -93,8 +93,9 @@ def test_a_sigterm_to_pretrain_stops_its_workers(tmp_path):
     import psutil
 
     script = tmp_path / "pool.py"
-    script.write_text("import time\nfrom rlvr_nb.notebook.pretrain import in_processes\n\n"
+    script.write_text("import time\n\n"  # the workers re-import this script: only the parent imports the package
                       "if __name__ == '__main__':\n"
+                      "    from rlvr_nb.notebook.pretrain import in_processes\n\n"
                       "    for _ in in_processes(time.sleep, [(120,), (120,), (120,)], 2):\n        pass\n")
     parent = subprocess.Popen([sys.executable, str(script)])
     try:
