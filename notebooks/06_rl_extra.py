@@ -309,8 +309,8 @@ for reading in READINGS:
     b = best[reading]
     verdict = verdict_over(b.passes(goal))
     per_seed = ", ".join(f"seed {s} {b.text(s)}" for s in b.per_seed)
-    print(f"  read at the {READING_NAMES[reading]}: best {b.setting}, seed-mean curves {b.text()} "
-          f"[{b.ci[0]:.2f}, {b.ci[1]:.2f}] (95% bootstrap over {len(b.per_seed)} seeds); per seed {per_seed}: {verdict}")
+    print(f"  read at the {READING_NAMES[reading]}: best {b.setting}, seed-mean curves {b.text()}, "
+          f"95% bootstrap over {len(b.per_seed)} seeds {b.ci_text()}; per seed {per_seed}: {verdict}")
     found.append(Finding(f"f_{reading}", f"re-grounding speed-up to the target, read at the {READING_NAMES[reading]}: "
                          f"best setting {b.setting}", b.value if math.isfinite(b.value) else math.nan,
                          b.ci if math.isfinite(b.value) else None,  # not reached: the note gives the bound

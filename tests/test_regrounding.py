@@ -237,6 +237,9 @@ def test_speedup_summary_with_a_bootstrap_over_seeds():
     # seeds 0 and 2 never reach the target in 200 steps: a bound, and draws of them count as 0
     assert math.isnan(down.per_seed[0]) and down.per_seed[1] == 2.0 and down.passes(2.0) == [False, True, False]
     assert down.ci[0] == 0.0 and down.row()["per seed"].startswith("<1.50 / 2.00")
+    assert up.row()["95% bootstrap over seeds"] == f"[{up.ci[0]:.2f}, {up.ci[1]:.2f}]"
+    assert math.isnan(down.value) and down.ci_text() == "none (not reached)"  # seed-mean curves never reach it:
+    # a bound, not an interval of zeros
     assert best_speedup(ups) is up
     again = speedup_summary(std, {"fast": fast}, target=0.45)[0]
     assert again.ci == up.ci  # the bootstrap is seeded: the same interval every time

@@ -343,11 +343,16 @@ class SpeedUp:
             return "n/a (standard RL never reaches the target)" if math.isnan(t_std) else "n/a (the target is not above the start)"
         return "inf" if v == math.inf else f"<{t_std / self.budget:.2f}"
 
+    def ci_text(self) -> str:
+        """The bootstrap interval in words; none where the seed-mean curves never reach the target (the bootstrap
+        of such a speed-up is only zeros: `text()` gives the bound instead)."""
+        return f"[{self.ci[0]:.2f}, {self.ci[1]:.2f}]" if math.isfinite(self.value) else "none (not reached)"
+
     def row(self) -> dict:
         """A row for `rlvr_nb.notebook.report.markdown_table`."""
         steps = lambda d: " / ".join("never" if math.isnan(v) else f"{v:.0f}" for v in d.values())  # noqa: E731
         return {"setting": self.setting, "speed-up (seed-mean curves)": self.text(),
-                "95% bootstrap over seeds": f"[{self.ci[0]:.2f}, {self.ci[1]:.2f}]",
+                "95% bootstrap over seeds": self.ci_text(),
                 "per seed": " / ".join(self.text(s) for s in self.per_seed),
                 "standard steps per seed": steps(self.std_steps), "re-grounding steps per seed": steps(self.rg_steps)}
 
