@@ -50,6 +50,7 @@ recompute_seeds = None  # train/read every seed's run and rewrite the seed table
 seeds_file = None  # the seed table, relative to the repository (cpu "notebooks/data/seeds_cpu.json")
 
 # %%
+import time
 from pathlib import Path
 
 from IPython.display import display
@@ -236,6 +237,7 @@ tuned = "smoke" if profile == "smoke" else "cpu"  # the sweep tunes the embedded
 sweep_base = cmp.with_steps(profiles.rl_config(tuned, **P.sweep_base), P.sweep_base_steps)
 specs = cmp.sweep_specs(sweep_base, P.sweep_lrs, P.sweep_prompts, P.sweep_steps, P.sweep_combined)
 if P.run_sweep:
+    t0 = time.perf_counter()
     sweep_emb = profiles.embedded_config(tuned)
     base_run = ensure_rl_run(sweep_base, sweep_emb)
     prompts = [p.prompt for p in AdditionTask(sweep_emb.task).eval_problems]
@@ -243,7 +245,8 @@ if P.run_sweep:
         responses_per_prompt=P.responses_per_prompt, max_new_tokens=sweep_base.max_new_tokens))
     sweep_rows = cmp.sweep_rows(specs, cmp.Measurer(sweep_emb, probes))
     cmp.save_sweep(sweep_path, sweep_rows, specs, note=f"{len(probes)} probes ({probe_path.name}); profile {profile}",
-                   emb=sweep_emb)
+                   emb=sweep_emb, wall_seconds=time.perf_counter() - t0,  # its runs' training too, unless cached
+                   command=f"python -m rlvr_nb.notebook.run --profile {profile} --only 02_weight_linearity -p run_sweep True")
     print(f"computed, written to {sweep_path}")
 elif sweep_path.is_file():
     sweep = cmp.load_sweep(sweep_path)

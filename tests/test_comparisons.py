@@ -130,9 +130,10 @@ def test_sweep_specs_rows_and_table(fake_runs, tmp_path):
     rows = cmp.sweep_rows(specs[:4], cmp.Measurer(EmbeddedConfig(), progress=False))
     assert [r["steps"] for r in rows] == [200, 200, 200, 100] and rows[0]["token median"] is None
     assert rows[3]["acc end"] == pytest.approx(0.2) and rows[3]["train s"] == 100 and rows[0]["train s"] == 200
-    path = cmp.save_sweep(tmp_path / "sweep.json", rows, specs[:4], note="test")
+    path = cmp.save_sweep(tmp_path / "sweep.json", rows, specs[:4], note="test", wall_seconds=12.3, command="make it")
     data = cmp.load_sweep(path)
     assert data["rows"] == rows and data["specs"] == cmp.sweep_record(specs[:4]) and data["note"] == "test"
+    assert data["provenance"]["command"] == "make it" and data["provenance"]["wall_seconds"] == 12.3  # not the kernel's argv
     with pytest.raises(FileNotFoundError, match="run_sweep=True"):
         cmp.load_sweep(tmp_path / "missing.json")
     lines = cmp.sweep_factors(rows)

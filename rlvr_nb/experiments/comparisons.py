@@ -335,11 +335,11 @@ def sweep_rows(specs: Sequence[tuple[str, str, RunSpec]], measurer: Measurer) ->
 
 
 def save_sweep(path: str | Path, rows: Sequence[dict], specs: Sequence[tuple[str, str, RunSpec]], note: str = "",
-               emb: EmbeddedConfig | None = None) -> Path:
+               emb: EmbeddedConfig | None = None, wall_seconds: float | None = None, command: str | None = None) -> Path:
     """Write the sweep as JSON: {"note", "specs" (the configs it was computed from), "embedded" (the model, task
-    and warm start they started from), "rows"}, with its provenance."""
+    and warm start they started from), "rows"}, with its provenance (`command`: how to recompute it)."""
     return save_json_table(path, {"note": note, "specs": sweep_record(specs), "embedded": to_jsonable(emb),
-                                  "rows": list(rows)})
+                                  "rows": list(rows)}, wall_seconds, command)
 
 
 def sweep_differences(sweep: dict, specs: Sequence[tuple[str, str, RunSpec]], emb: EmbeddedConfig) -> list[str]:
