@@ -100,11 +100,13 @@ def test_ipc_kernels_get_socket_names_of_their_own(monkeypatch, tmp_path):
     async def start_and_ask():
         await a.start_kernel()
         try:
-            client = BlockingKernelClient()
-            client.load_connection_info(a.get_connection_info())
+            client = a.client()
             client.start_channels()
-            try:
-                assert client.execute_interactive("x = 6 * 7", timeout=60)["content"]["status"] == "ok"
+            try:  # the reply on the shell channel (iopub output could be missed by a late subscription under load)
+                await client.wait_for_ready(timeout=120)
+                msg_id = client.execute("x = 6 * 7")
+                reply = await client.get_shell_msg(timeout=120)
+                assert reply["parent_header"]["msg_id"] == msg_id and reply["content"]["status"] == "ok"
             finally:
                 client.stop_channels()
             return sorted(p.name for p in runtime.iterdir() if "-ipc-" in p.name)
