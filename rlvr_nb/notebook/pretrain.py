@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import sys
-import time
 import signal
+import sys
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from typing import Any, Callable, Iterator
 from dataclasses import replace
+from typing import Any, Callable, Iterator
 
 from rlvr_nb.embedded import EmbeddedConfig, ensure_trajectory, ensure_warm_start, matched_sft, runs_root
 from rlvr_nb.grpo import RLConfig
