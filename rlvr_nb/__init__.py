@@ -3,7 +3,7 @@
 Modules are named after what they hold: `tasks` (the verifiable arithmetic task), `models` (the tiny
 Qwen2 model and its tokenizer), `sampling` (KV-cached sampling), `grpo` (the RLVR trainer), `sft`
 (supervised trainers), `checkpoints`, `embedded` (the embedded default run), `trajectory` and
-`linearity` (Sec. 4), `lowpass` (Sec. 5), `evaluate` and `extrapolate` (Sec. 6), `regrounding`,
+`linearity` (Sec. 4), `lowpass` (Sec. 5), `evaluate` (with `grading`) and `extrapolate` (Sec. 6), `regrounding`,
 `profiles` and `run` (the notebook runner).
 """
 

@@ -19,10 +19,9 @@ import hashlib
 import json
 import math
 import statistics
-import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol, Sequence, runtime_checkable
+from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
@@ -33,15 +32,13 @@ from rlvr_nb.checkpoint_files import TOKENIZER_FILES, WEIGHT_INDEX, read_safeten
 from rlvr_nb.checkpoint_writes import write_json
 from rlvr_nb.models import load_model, load_tokenizer
 from rlvr_nb.sampling import decode_responses, encode_prompts, generate
-from rlvr_nb.tasks import Problem, exact_match_reward
+from rlvr_nb.grading import Grader, exact_grader, extract_boxed, math_grader  # noqa: F401  (extract_boxed: re-exported)
+from rlvr_nb.tasks import Problem
 
 CACHE_VERSION = 1  # bump when the cached JSON or the sampling procedure changes meaning
 CONTENT_HASH_MAX_BYTES = 1 << 30  # checkpoints up to 1 GiB are fingerprinted by content, larger by metadata
 SMALL_FILES = ("config.json", *TOKENIZER_FILES)
 """Hashed into a checkpoint's fingerprint beside its weights (`checkpoint_fingerprint`)."""
-
-Grader = Callable[[str, str], float]
-
 
 # ----------------------------------------------------------------------------------------------------
 # Settings and results
@@ -123,55 +120,7 @@ class EvalResult:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Answer extraction and grading
-
-
-def extract_boxed(text: str) -> str | None:
-    """Content of the last `\\boxed{...}` in text, braces balanced; None when there is none
-    (PAPER.md, Evaluation conventions). `\\fbox{...}` counts as a box too."""
-    starts = [i for key in ("\\boxed{", "\\fbox{") for i in _find_all(text, key)]
-    for start in sorted(starts, reverse=True):
-        i = text.index("{", start)
-        depth = 0
-        for j in range(i, len(text)):
-            if text[j] == "{":
-                depth += 1
-            elif text[j] == "}":
-                depth -= 1
-                if depth == 0:
-                    return text[i + 1 : j]
-        # unbalanced (e.g. a truncated response): try the box before it
-    return None
-
-
-def _find_all(text: str, key: str) -> list[int]:
-    out, i = [], text.find(key)
-    while i >= 0:
-        out.append(i)
-        i = text.find(key, i + 1)
-    return out
-
-
-def exact_grader(response: str, answer: str) -> float:
-    """The embedded task's reward: the whole response (stripped) equals the answer."""
-    return exact_match_reward(response, answer)
-
-
-def math_grader(response: str, answer: str) -> float:
-    """1.0 when the last `\\boxed{}` of the response is symbolically equal to the answer (math-verify)."""
-    from math_verify import parse, verify
-
-    pred = extract_boxed(response)
-    if pred is None:
-        return 0.0
-    # math-verify's timeouts use SIGALRM, which only the main thread may set
-    timeout = 5 if threading.current_thread() is threading.main_thread() else None
-    gold = answer if ("\\boxed" in answer or "$" in answer) else f"${answer}$"
-    gold_parsed = parse(gold, parsing_timeout=timeout)
-    pred_parsed = parse(f"${pred}$", parsing_timeout=timeout)
-    if not gold_parsed or not pred_parsed:
-        return 1.0 if pred.strip() == answer.strip() else 0.0
-    return 1.0 if verify(gold_parsed, pred_parsed, timeout_seconds=timeout) else 0.0
+# Graders (rlvr_nb.grading)
 
 
 GRADERS: dict[str, Grader] = {"exact": exact_grader, "math": math_grader}

@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from rlvr_nb.grading import exact_match_reward  # noqa: F401  (re-exported: the embedded task's reward)
+
 SCRATCHPADS: dict[str, int] = {"carries": 1, "sums": 2, "work": 4}
 """Scratchpad kinds and their tokens per column (k = tokens per column x digits)."""
 SEPARATOR = "\n"
@@ -101,11 +103,6 @@ def format_problem(a: int, b: int, digits: int, reverse_answer: bool, scratchpad
     answer = str(a + b).zfill(digits + 1)
     return Problem(f"{a:0{digits}d}+{b:0{digits}d}=", answer[::-1] if reverse_answer else answer,
                    scratch_text(a, b, digits, scratchpad) if scratchpad else "")
-
-
-def exact_match_reward(response: str, answer: str) -> float:
-    """The verifiable reward of the embedded task: 1.0 for an exact match, else 0.0."""
-    return 1.0 if response.strip() == answer else 0.0
 
 
 def final_answer_reward(response: str, answer: str) -> float:

@@ -214,9 +214,9 @@ def test_dr_grpo_loss_is_independent_of_padding_only_with_loss_scale_factor(verl
 def test_math_grader_in_a_thread_is_unbounded():
     """The premise: in a thread, math-verify's timeouts are off and a pathological answer does not return (it even
     holds the GIL, so a thread waiting with a timeout does not get to run: only another process bounds it)."""
-    code = ("import os, threading\nfrom rlvr_nb.evaluate import math_grader\n"
+    code = ("import os, threading\nfrom rlvr_nb.grading import math_grader\n"
             f"t = threading.Thread(target=math_grader, args=({PATHOLOGICAL!r}, '4'), daemon=True)\n"
-            "t.start(); t.join(6); print('hung' if t.is_alive() else 'returned', flush=True); os._exit(0)\n")
+            "t.start(); t.join(3); print('hung' if t.is_alive() else 'returned', flush=True); os._exit(0)\n")
     try:
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=15).stdout
     except subprocess.TimeoutExpired:  # killed: not even the main thread's join(6) came back
@@ -247,6 +247,15 @@ def test_reward_is_bounded_in_verls_reward_threads(verl_src, tmp_path, init_dir)
     t0 = time.monotonic()
     scores = asyncio.run(manager([PATHOLOGICAL, "\\boxed{0.5}", "\\boxed{2}", "no box"]))
     assert scores == [0.0, 1.0, 0.0, 0.0] and time.monotonic() - t0 < 90
+
+
+def test_a_grading_process_imports_neither_torch_nor_transformers():
+    """What a grading child imports (`serve`: rlvr_nb.grading and math-verify): no torch, so that it starts in
+    under a second (it took ~5 s when the graders lived in rlvr_nb.evaluate)."""
+    code = ("import sys, rlvr_nb.backends.verl_reward, rlvr_nb.grading, math_verify\n"
+            "print(sorted({'torch', 'transformers', 'numpy'} & set(sys.modules)))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_grader_pool_kills_a_grading_that_does_not_answer():

@@ -3,7 +3,7 @@
 verl 0.9.1's reward manager calls the reward function in a thread of its event loop's executor
 (`await loop.run_in_executor(None, lambda: compute_score(data_source=..., solution_str=..., ground_truth=...,
 extra_info=...))`, verl/experimental/reward_loop/reward_manager/naive.py). math-verify's timeouts use SIGALRM,
-which only a process's main thread may set, so in that thread `rlvr_nb.evaluate.math_grader` runs without them
+which only a process's main thread may set, so in that thread `rlvr_nb.grading.math_grader` runs without them
 and a pathological answer (say \\boxed{9^{9^{9^{9}}}}) never returns, holding a reward worker for good.
 
 Here math grading runs in child processes (`GraderPool`), in their main thread, where math-verify's own
@@ -30,7 +30,7 @@ import time
 HARD_TIMEOUT = 30.0
 """Seconds a caller waits for one math grading (math-verify's own timeouts end it after 5 + 5 s)."""
 START_TIMEOUT = 300.0
-"""Seconds a child may take to start (it imports torch, transformers and sympy)."""
+"""Seconds a child may take to start (it imports math-verify and sympy: under a second here)."""
 
 
 class _Child:
@@ -155,7 +155,7 @@ def pool() -> GraderPool:
 def score(response: str, answer: str, grader: str) -> float:
     """The reward of one response: grader 'exact' (the embedded task) or 'math' (math-verify on the last \\boxed{},
     in a grading process, bounded by HARD_TIMEOUT seconds whatever thread calls it)."""
-    from rlvr_nb.evaluate import exact_grader, extract_boxed
+    from rlvr_nb.grading import exact_grader, extract_boxed
 
     if grader == "exact":
         return float(exact_grader(response, answer))
@@ -171,7 +171,7 @@ def serve() -> None:
     out = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)  # whatever a library prints goes to stderr, not into the replies
     sys.stdout = sys.stderr
-    from rlvr_nb.evaluate import math_grader
+    from rlvr_nb.grading import math_grader
 
     out.write(b"ready\n")
     for line in sys.stdin.buffer:
