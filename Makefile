@@ -69,7 +69,7 @@ test: setup
 	@mkdir -p tests/output
 	@echo "vLLM engine tests (tests/vllm_engine, in .venv-vllm) run beside the main suite; their report follows it"
 	.venv-vllm/bin/python -m pytest -q tests/vllm_engine > tests/output/vllm_engine.log 2>&1 & engine=$$!; \
-	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile tests; main=$$?; \
+	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder tests; main=$$?; \
 	wait $$engine; engine_status=$$?; \
 	echo "--- vLLM engine tests (tests/output/vllm_engine.log) ---"; cat tests/output/vllm_engine.log; \
 	test $$main -eq 0 -a $$engine_status -eq 0

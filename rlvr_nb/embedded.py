@@ -90,10 +90,25 @@ def ensure_warm_start(emb: EmbeddedConfig = EmbeddedConfig(), progress: bool = T
     return list_checkpoints(cool)[-1][1]
 
 
+def trajectory_dir(config: RLConfig | SFTConfig, emb: EmbeddedConfig = EmbeddedConfig(),
+                   target: TaskConfig | None = None) -> Path:
+    """Where the run of an RL or SFT config of `emb` is cached (an SFT towards another task `target`: see
+    `ensure_sft_run`), trained or not."""
+    if isinstance(config, RLConfig):
+        return runs_root() / f"rl-{config_hash(emb, config)}"
+    if isinstance(config, SFTConfig):
+        return runs_root() / f"sft-{config_hash(emb, config) if target is None else config_hash(emb, config, target)}"
+    raise _not_a_trajectory(config)
+
+
+def _not_a_trajectory(config) -> ValueError:
+    return ValueError(f"a trajectory's config must be an RLConfig or an SFTConfig, got {type(config).__name__}")
+
+
 def ensure_rl_run(rl: RLConfig, emb: EmbeddedConfig = EmbeddedConfig(), progress: bool = True) -> Path:
     """An RL trajectory of the embedded default; trained (or resumed) only if not already complete."""
     init = ensure_warm_start(emb, progress)
-    run = runs_root() / f"rl-{config_hash(emb, rl)}"
+    run = trajectory_dir(rl, emb)
     with run_lock(run):
         if not is_complete(run):
             t0 = time.perf_counter()
@@ -107,7 +122,7 @@ def ensure_sft_run(sft: SFTConfig, emb: EmbeddedConfig = EmbeddedConfig(), progr
     """An SFT trajectory from the same warm start (supervised on correct answers of emb's task, or of `target`:
     an SFT towards a task the model does not yet produce; the target is part of the run's hash)."""
     init = ensure_warm_start(emb, progress)
-    run = runs_root() / f"sft-{config_hash(emb, sft) if target is None else config_hash(emb, sft, target)}"
+    run = trajectory_dir(sft, emb, target)
     with run_lock(run):
         if not is_complete(run):
             t0 = time.perf_counter()
@@ -122,7 +137,7 @@ def ensure_trajectory(config: RLConfig | SFTConfig, emb: EmbeddedConfig = Embedd
         return ensure_rl_run(config, emb, progress)
     if isinstance(config, SFTConfig):
         return ensure_sft_run(config, emb, progress)
-    raise ValueError(f"a trajectory's config must be an RLConfig or an SFTConfig, got {type(config).__name__}")
+    raise _not_a_trajectory(config)
 
 
 def matched_sft(rl: RLConfig, **changes) -> SFTConfig:

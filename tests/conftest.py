@@ -17,7 +17,8 @@ torch.set_num_threads(1)
 os.environ.setdefault("RLVR_NB_KERNEL_TRANSPORT", "ipc")
 
 # `make test` runs the files on 2 pytest-xdist workers (--dist loadfile: a file stays on one worker, in order);
-# the longest files go first, so that the rest fills in around them.
+# the longest files go first, so that the rest fills in around them (--no-loadscope-reorder: else xdist orders the
+# files by their number of tests, and the notebooks started 30 s late, the browser test 140 s late).
 SLOW_FIRST = ("test_notebooks.py", "test_browser.py", "test_verl_checks.py", "test_alpha_slider_kernel.py",
               "test_monitor.py", "test_pretrain.py", "test_runner.py")
 
@@ -35,12 +36,17 @@ def smoke_runs(tmp_path_factory) -> tuple[Path, list[tuple[str, float]]]:
     that wants a run the other is training waits on that run's lock."""
     from rlvr_nb.notebook.pretrain import pretrain
 
+    import fcntl
+
     base = tmp_path_factory.getbasetemp()
     runs = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "smoke-runs"
     runs.mkdir(exist_ok=True)
     mp = pytest.MonkeyPatch()
     mp.setenv("RLVR_NB_RUNS", str(runs))
-    try:
-        return runs, pretrain("smoke", jobs=2)
-    finally:
-        mp.undo()
+    # one worker's pretrain at a time: the second finds every run complete and starts no training process
+    with open(runs.parent / "smoke-runs.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return runs, pretrain("smoke", jobs=2)
+        finally:
+            mp.undo()

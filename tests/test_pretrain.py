@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from rlvr_nb.checkpoints import is_complete
-from rlvr_nb.embedded import config_hash, ensure_trajectory
+from rlvr_nb.embedded import ensure_trajectory, trajectory_dir
 from rlvr_nb.grpo import RLConfig
 from rlvr_nb.notebook import profiles
 from rlvr_nb.notebook.pretrain import pretrain, trajectories
@@ -53,7 +53,8 @@ def test_pretrain_at_smoke_trains_each_run_once(smoke_runs, monkeypatch):
     tmp_path, done = smoke_runs
     monkeypatch.setenv("RLVR_NB_RUNS", str(tmp_path))
     emb = profiles.embedded_config("smoke")
-    runs = {(f"rl-" if isinstance(c, RLConfig) else "sft-") + config_hash(emb, c): c for c in trajectories("smoke")}
+    runs = {trajectory_dir(c, emb).name: c for c in trajectories("smoke")}
+    assert all(name.startswith("rl-" if isinstance(c, RLConfig) else "sft-") for name, c in runs.items())
     assert {name for name, _ in done[1:]} == set(runs)
     for name in runs:
         assert is_complete(tmp_path / name)
@@ -69,6 +70,15 @@ def test_pretrain_at_smoke_trains_each_run_once(smoke_runs, monkeypatch):
     for c in trajectories("smoke"):  # what a notebook does next: everything cached, nothing rewritten
         ensure_trajectory(c, emb, progress=False)
     assert mtimes() == before
+
+
+def test_pretrain_on_a_complete_cache_starts_no_process(smoke_runs, monkeypatch):
+    from rlvr_nb.notebook import pretrain as pt
+
+    monkeypatch.setenv("RLVR_NB_RUNS", str(smoke_runs[0]))
+    monkeypatch.setattr(pt, "in_processes", lambda *a, **k: pytest.fail("a worker process was started"))
+    done = pretrain("smoke", jobs=2)
+    assert sorted(name for name, _ in done[1:]) == sorted(name for name, _ in smoke_runs[1][1:])
 
 
 def test_pretrain_refuses_gpu_and_bad_jobs():

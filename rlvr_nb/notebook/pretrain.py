@@ -6,7 +6,8 @@ Every trainer runs at one torch thread (`rlvr_nb.threads`: the result depends on
 2-core machine two independent trainings at once use both cores (`benchmarks/bench_threads.py`: 1.83x the
 steps/s of one). The notebooks then find every run cached (`runs/<kind>-<hash>/`; each run's lock makes a second
 caller wait for the first instead of training it twice), and `make run` trains each trajectory exactly once.
-The warm start comes first, in this process: every other run starts from it.
+The warm start comes first, in this process: every other run starts from it. Runs already complete are not
+handed to a worker (none is started when every run is complete: a second `make run` spawns no process).
 
 `--reproduce` (what `make reproduce` runs first) adds the runs of the studies that `make run` reads from committed
 tables: 02's seeds (also 06's standard-RL seeds) and tuning sweep, 04's robustness grid and 06's re-grounding
@@ -26,7 +27,9 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
 from typing import Any, Callable, Iterator
 
-from rlvr_nb.embedded import EmbeddedConfig, ensure_trajectory, ensure_warm_start, matched_sft, runs_root
+from rlvr_nb.checkpoints import is_complete
+from rlvr_nb.embedded import (EmbeddedConfig, ensure_trajectory, ensure_warm_start, matched_sft, runs_root,
+                              trajectory_dir)
 from rlvr_nb.grpo import RLConfig
 from rlvr_nb.notebook import profiles
 from rlvr_nb.regrounding import RegroundConfig, regrounding_study
@@ -156,9 +159,14 @@ def pretrain(profile: str, jobs: int = 2, reproduce: bool = False) -> list[tuple
     ensure_warm_start(emb, progress=False)
     done = [("warm start", time.perf_counter() - t0)]
     configs = trajectories(profile, reproduce)
+    cached = [c for c in configs if not isinstance(c, tuple) and is_complete(trajectory_dir(c, emb))]
+    done += [(trajectory_dir(c, emb).name, 0.0) for c in cached]
+    if cached:
+        print(f"[pretrain] {len(cached)} of {len(configs)} runs already complete", flush=True)
+    left = [c for c in configs if not any(c is k for k in cached)]  # no worker process at all when none is left
     errors = []
     with single_thread_children():
-        for config, out in in_processes(_train, [(c, emb) for c in configs], jobs):
+        for config, out in in_processes(_train, [(c, emb) for c in left], jobs) if left else ():
             if isinstance(out, Exception):  # reported with its config, after the others finish
                 errors.append(f"{type(config[0]).__name__}({config[0]}): {type(out).__name__}: {out}")
                 continue
