@@ -30,9 +30,9 @@ from transformers import PreTrainedModel
 
 from rlvr_nb.checkpoint_files import TOKENIZER_FILES, WEIGHT_INDEX, read_safetensors_header, weight_files
 from rlvr_nb.checkpoint_writes import write_json
+from rlvr_nb.grading import Grader, exact_grader, extract_boxed, math_grader  # noqa: F401  (extract_boxed: re-exported)
 from rlvr_nb.models import load_model, load_tokenizer
 from rlvr_nb.sampling import decode_responses, encode_prompts, generate
-from rlvr_nb.grading import Grader, exact_grader, extract_boxed, math_grader  # noqa: F401  (extract_boxed: re-exported)
 from rlvr_nb.tasks import Problem
 
 CACHE_VERSION = 1  # bump when the cached JSON or the sampling procedure changes meaning
