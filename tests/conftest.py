@@ -1,3 +1,4 @@
+import fcntl
 import os
 
 # Tiny models on a 2-core machine: one thread each avoids OpenMP oversubscription (10-100x slowdowns).
@@ -35,8 +36,6 @@ def smoke_runs(tmp_path_factory) -> tuple[Path, list[tuple[str, float]]]:
     of once per test. One directory for both pytest-xdist workers (under the session's shared base temp): a worker
     that wants a run the other is training waits on that run's lock."""
     from rlvr_nb.notebook.pretrain import pretrain
-
-    import fcntl
 
     base = tmp_path_factory.getbasetemp()
     runs = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "smoke-runs"

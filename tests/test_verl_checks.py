@@ -219,7 +219,7 @@ def test_math_grader_in_a_thread_is_unbounded():
             "t.start(); t.join(3); print('hung' if t.is_alive() else 'returned', flush=True); os._exit(0)\n")
     try:
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=15).stdout
-    except subprocess.TimeoutExpired:  # killed: not even the main thread's join(6) came back
+    except subprocess.TimeoutExpired:  # killed: not even the main thread's join(3) came back
         out = "hung"
     assert out.strip() == "hung"
 

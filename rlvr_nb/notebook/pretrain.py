@@ -159,11 +159,15 @@ def pretrain(profile: str, jobs: int = 2, reproduce: bool = False) -> list[tuple
     ensure_warm_start(emb, progress=False)
     done = [("warm start", time.perf_counter() - t0)]
     configs = trajectories(profile, reproduce)
-    cached = [c for c in configs if not isinstance(c, tuple) and is_complete(trajectory_dir(c, emb))]
-    done += [(trajectory_dir(c, emb).name, 0.0) for c in cached]
-    if cached:
-        print(f"[pretrain] {len(cached)} of {len(configs)} runs already complete", flush=True)
-    left = [c for c in configs if not any(c is k for k in cached)]  # no worker process at all when none is left
+    left = []  # what a worker trains: no worker process at all when nothing is left
+    for c in configs:
+        run = None if isinstance(c, tuple) else trajectory_dir(c, emb)  # (06's re-grounding runs: the worker checks)
+        if run is not None and is_complete(run):
+            done.append((run.name, 0.0))
+        else:
+            left.append(c)
+    if len(left) < len(configs):
+        print(f"[pretrain] {len(configs) - len(left)} of {len(configs)} runs already complete", flush=True)
     errors = []
     with single_thread_children():
         for config, out in in_processes(_train, [(c, emb) for c in left], jobs) if left else ():

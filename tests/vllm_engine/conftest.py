@@ -3,8 +3,9 @@
     bash tests/vllm_env/setup.sh && .venv-vllm/bin/python -m pytest -q tests/vllm_engine
 
 Collected only where vllm imports: the main environment (.venv) ignores this directory. Engines start in
-the session (one per model: start-up dominates), compute on one core (vLLM's default reserves one), and compile into a compile cache of this session only. vLLM spawns its engine processes;
-under pytest the main module is pytest's own, which has its `__main__` guard, so nothing else is needed.
+the session (one per model: start-up dominates), compute on one core (vLLM's default reserves one), and
+compile into a compile cache of this session only. vLLM spawns its engine processes; under pytest the main
+module is pytest's own, which has its `__main__` guard, so nothing else is needed.
 """
 
 from __future__ import annotations
